@@ -1,0 +1,313 @@
+"""Converters: one edge of the version graph each, read from files without importing them.
+
+A converters directory holds one ``.py`` file per converter. Its module-level literals
+(``source``, ``target``, ``reversible``, ``lossy``, ``cost``, ``touches``) are read from the
+syntax tree, so building the graph never runs user code and never imports torch. The code
+(``convert``, ``ops``, ``when``) is imported only when a step actually runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+
+from ckpt_path.errors import ConverterFileError, VersionError
+from ckpt_path.versions import parse_version
+
+__all__ = [
+    "Converter",
+    "read_converter_file",
+    "read_converters",
+]
+
+ConvertFn = Callable[[Any], Any]
+WhenFn = Callable[[Any], bool]
+
+_LITERALS = ("source", "target", "reversible", "lossy", "cost", "touches")
+_CODE = ("convert", "ops", "when")
+MIN_COST = 1e-6
+"""Costs are summed in millionths, so that equal totals compare equal whatever the order."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Converter:
+    """One edge ``source -> target`` of the version graph.
+
+    A converter read from a file carries its ``file`` and no code: the code is imported when
+    the step runs (see :mod:`ckpt_path.runner`). A converter made in code carries ``convert``
+    (or ``ops``) and optionally ``when`` directly.
+    """
+
+    source: Version
+    target: Version
+    name: str
+    description: str = ""
+    file: str | None = None
+    lossy: bool = False
+    cost: float = 1.0
+    touches: tuple[str, ...] | None = None
+    reversible: bool = False
+    kind: str = "convert"
+    """``"convert"`` for a function, ``"ops"`` for declarative operations."""
+    digest: str = ""
+    """Fingerprint of the converter's code, recorded in the stamp's history."""
+    inverse: bool = False
+    """True for the edge registered automatically from a ``reversible`` file."""
+    has_when: bool = False
+    convert: ConvertFn | None = field(default=None, compare=False, repr=False)
+    when: WhenFn | None = field(default=None, compare=False, repr=False)
+    ops: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def origin(self) -> str:
+        """Where the converter comes from, for messages: its file, or ``<code>``."""
+        return self.file if self.file is not None else f"<code:{self.name}>"
+
+    @property
+    def edge(self) -> tuple[Version, Version]:
+        """The ``(source, target)`` pair."""
+        return (self.source, self.target)
+
+    def inverted(self) -> Converter:
+        """Return the inverse edge ``target -> source`` of a reversible converter."""
+        return Converter(
+            source=self.target,
+            target=self.source,
+            name=f"{self.name}:inverse",
+            description=f"undo: {self.description}",
+            file=self.file,
+            lossy=self.lossy,
+            cost=self.cost,
+            touches=self.touches,
+            reversible=True,
+            kind=self.kind,
+            digest=self.digest,
+            inverse=True,
+            has_when=self.has_when,
+            convert=None,
+            when=self.when,
+            ops=self.ops,
+        )
+
+    @classmethod
+    def from_function(  # noqa: PLR0913 - mirrors the module-level names of a converter file
+        cls,
+        source: str | Version,
+        target: str | Version,
+        convert: ConvertFn,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        touches: Iterable[str] | None = None,
+        lossy: bool = False,
+        cost: float = 1.0,
+        when: WhenFn | None = None,
+    ) -> Converter:
+        """Make a converter from a function, for libraries and tests."""
+        src, tgt = parse_version(source), parse_version(target)
+        _check_cost(cost, "cost", "<code>", None)
+        doc = inspect.getdoc(convert) or ""
+        return cls(
+            source=src,
+            target=tgt,
+            name=name or str(getattr(convert, "__name__", f"{src}->{tgt}")),
+            description=description or (doc.splitlines()[0] if doc else f"{src} -> {tgt}"),
+            lossy=lossy,
+            cost=float(cost),
+            touches=tuple(touches) if touches is not None else None,
+            kind="convert",
+            digest=_code_digest(convert),
+            has_when=when is not None,
+            convert=convert,
+            when=when,
+        )
+
+
+def _code_digest(fn: Callable[..., Any]) -> str:
+    try:
+        text = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = code.co_code if code is not None else repr(fn).encode()
+    return "sha256:" + hashlib.sha256(text).hexdigest()[:16]
+
+
+def file_digest(data: bytes) -> str:
+    """Fingerprint a converter file's bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def _check_cost(value: object, _name: str, file: str, line: int | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConverterFileError(file, f"cost must be a number, got {value!r}", line)
+    if not math.isfinite(value) or value < MIN_COST:
+        raise ConverterFileError(file, f"cost must be a number >= {MIN_COST:g}, got {value!r}", line)
+    return float(value)
+
+
+def _literal(node: ast.expr, name: str, file: str) -> object:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise ConverterFileError(
+            file,
+            f"{name} must be a plain literal (the graph is read without running the file)",
+            node.lineno,
+        ) from None
+
+
+def _version(value: object, name: str, file: str, line: int) -> Version:
+    if not isinstance(value, str):
+        raise ConverterFileError(file, f"{name} must be a version string, got {value!r}", line)
+    try:
+        return parse_version(value)
+    except VersionError as exc:
+        raise ConverterFileError(file, f"{name}: {exc}", line) from None
+
+
+def _bool(value: object, name: str, file: str, line: int) -> bool:
+    if not isinstance(value, bool):
+        raise ConverterFileError(file, f"{name} must be True or False, got {value!r}", line)
+    return value
+
+
+def _touches(value: object, _name: str, file: str, line: int) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+        raise ConverterFileError(file, "touches must be a list of key patterns (strings)", line)
+    return tuple(value)
+
+
+def _module_names(tree: ast.Module, file: str) -> dict[str, ast.stmt]:
+    """Map each module-level name that matters to the statement that binds it."""
+    found: dict[str, ast.stmt] = {}
+    for stmt in tree.body:
+        names: list[str] = []
+        if isinstance(stmt, ast.Assign):
+            names = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            if stmt.value is not None:
+                names = [stmt.target.id]
+        elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+            names = [stmt.name]
+        for name in names:
+            if name not in _LITERALS + _CODE:
+                continue
+            if name in found:
+                raise ConverterFileError(
+                    file,
+                    f"{name} is bound twice (first on line {found[name].lineno}); bind it once",
+                    stmt.lineno,
+                )
+            found[name] = stmt
+    return found
+
+
+def _read_literals(names: dict[str, ast.stmt], file: str) -> dict[str, Any]:
+    """Read and check the module-level literals of a converter file."""
+    for required in ("source", "target"):
+        if required not in names:
+            raise ConverterFileError(file, f'missing `{required} = "VERSION"`', 1)
+    checks: dict[str, Callable[[object, str, str, int], Any]] = {
+        "source": _version,
+        "target": _version,
+        "reversible": _bool,
+        "lossy": _bool,
+        "cost": _check_cost,
+        "touches": _touches,
+    }
+    meta: dict[str, Any] = {}
+    for name, check in checks.items():
+        if name not in names:
+            continue
+        stmt = names[name]
+        if not isinstance(stmt, ast.Assign | ast.AnnAssign) or stmt.value is None:
+            raise ConverterFileError(file, f"{name} must be a literal, not a function", stmt.lineno)
+        meta[name] = check(_literal(stmt.value, name, file), name, file, stmt.lineno)
+    return meta
+
+
+def _check_code(names: dict[str, ast.stmt], file: str, *, reversible: bool) -> bool:
+    """Check that the file defines convert or ops (not both); return True for ops."""
+    has_convert, has_ops = "convert" in names, "ops" in names
+    if has_convert and has_ops:
+        raise ConverterFileError(file, "define either convert or ops, not both", names["ops"].lineno)
+    if not has_convert and not has_ops:
+        raise ConverterFileError(file, "defines neither `def convert(ckpt)` nor `ops = [...]`", 1)
+    if reversible and not has_ops:
+        raise ConverterFileError(
+            file,
+            "reversible = True needs ops (a convert function has no automatic inverse)",
+            names["reversible"].lineno,
+        )
+    return has_ops
+
+
+def read_converter_file(path: Path, *, display: str | None = None) -> Converter:
+    """Read one converter file's metadata from its syntax tree, without importing it."""
+    file = display or str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConverterFileError(file, f"cannot read: {exc.strerror}") from None
+    try:
+        tree = ast.parse(data, filename=file)
+    except SyntaxError as exc:
+        raise ConverterFileError(file, f"syntax error: {exc.msg}", exc.lineno) from None
+    except ValueError as exc:  # e.g. null bytes
+        raise ConverterFileError(file, f"not Python source: {exc}") from None
+    names = _module_names(tree, file)
+    meta = _read_literals(names, file)
+    source, target = meta["source"], meta["target"]
+    if source == target:
+        raise ConverterFileError(file, f"source and target are both {source}", names["target"].lineno)
+    has_ops = _check_code(names, file, reversible=meta.get("reversible", False))
+
+    doc = ast.get_docstring(tree)
+    description = doc.strip().splitlines()[0] if doc and doc.strip() else f"{source} -> {target}"
+    return Converter(
+        source=source,
+        target=target,
+        name=path.stem,
+        description=description,
+        file=file,
+        lossy=meta.get("lossy", False),
+        cost=meta.get("cost", 1.0),
+        touches=meta.get("touches"),
+        reversible=meta.get("reversible", False),
+        kind="ops" if has_ops else "convert",
+        digest=file_digest(data),
+        has_when="when" in names,
+    )
+
+
+def converter_files(directory: Path) -> list[Path]:
+    """List the converter files of a directory: ``*.py`` not starting with ``_``, sorted."""
+    return sorted(
+        p for p in directory.iterdir() if p.suffix == ".py" and not p.name.startswith("_") and p.is_file()
+    )
+
+
+def read_converters(directory: str | Path) -> list[Converter]:
+    """Read every converter file of ``directory`` (see :func:`read_converter_file`)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConverterFileError(str(root), "converters directory not found")
+    return [read_converter_file(p, display=_display(p)) for p in converter_files(root)]
+
+
+def _display(path: Path) -> str:
+    """Show a path relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

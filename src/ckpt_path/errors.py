@@ -1,0 +1,221 @@
+"""Errors raised by ckpt-path.
+
+Every error a user can cause derives from one base; the command line catches only that
+base, prints its message on one line and exits with code 1. Anything else is a bug and keeps
+its traceback.
+
+    CkptPathError
+    ├── VersionError                 a string that is not a PEP 440 version, or a bad target
+    ├── ConverterFileError           a converter file that cannot be read (file and line)
+    ├── GraphError
+    │   ├── DuplicateConverterError  two converters for one source -> target pair
+    │   ├── UnknownVersionError      a version no converter mentions
+    │   ├── NoPathError              no path from source to target
+    │   └── LossyPathError           only lossy paths exist and lossy steps were not allowed
+    ├── CheckpointError
+    │   ├── UnreadableCheckpointError  truncated, foreign or missing file
+    │   ├── UnsafeCheckpointError      needs unpickling beyond weights_only=True
+    │   ├── NoStampError               no version stamped and none given
+    │   └── OutputExistsError          OUTPUT exists and --force was not given
+    ├── StepError                    a converter raised or returned the wrong thing
+    └── ShapeMismatchError           a step left the state dict in an unexpected shape
+
+Errors keep their data as attributes so callers can act on it without parsing messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ckpt_path.planner import Plan
+
+__all__ = [
+    "CheckpointError",
+    "CkptPathError",
+    "ConverterFileError",
+    "DuplicateConverterError",
+    "GraphError",
+    "LossyPathError",
+    "NoPathError",
+    "NoStampError",
+    "OutputExistsError",
+    "ShapeMismatchError",
+    "StepError",
+    "UnknownVersionError",
+    "UnreadableCheckpointError",
+    "UnsafeCheckpointError",
+    "VersionError",
+]
+
+_SHOWN = 20
+"""How many offending keys a one-line message lists."""
+
+
+def _listing(items: Sequence[str]) -> str:
+    if not items:
+        return "nothing"
+    if len(items) <= _SHOWN:
+        return ", ".join(items)
+    return ", ".join(items[:_SHOWN]) + f" and {len(items) - _SHOWN} more"
+
+
+class CkptPathError(Exception):
+    """Base of every error that ckpt-path reports to users as one line."""
+
+
+class VersionError(CkptPathError, ValueError):
+    """A version string that PEP 440 does not accept, or a target that names nothing."""
+
+    def __init__(self, text: str, reason: str | None = None) -> None:
+        self.text = text
+        detail = reason or "not a PEP 440 version (e.g. 1.2.0, 1.3.0+lam)"
+        super().__init__(f"invalid version {text!r}: {detail}")
+
+
+class ConverterFileError(CkptPathError):
+    """A converter file that cannot be read; names the file and, where known, the line."""
+
+    def __init__(self, file: str, message: str, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.reason = message
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {message}")
+
+
+class GraphError(CkptPathError):
+    """A problem with the version graph as a whole."""
+
+
+class DuplicateConverterError(GraphError):
+    """Two converters claim the same source -> target edge."""
+
+    def __init__(self, source: str, target: str, files: Sequence[str]) -> None:
+        self.source = source
+        self.target = target
+        self.files = tuple(files)
+        super().__init__(
+            f"two converters for {source} -> {target}: {' and '.join(self.files)}; "
+            "keep one of them",
+        )
+
+
+class UnknownVersionError(GraphError):
+    """A version that no converter mentions."""
+
+    def __init__(self, version: str, nearest: Sequence[str]) -> None:
+        self.version = version
+        self.nearest = tuple(nearest)
+        hint = f"; nearest known: {', '.join(self.nearest)}" if self.nearest else (
+            "; the graph has no versions (is the converters directory right?)"
+        )
+        super().__init__(f"unknown version {version}{hint}")
+
+
+class NoPathError(GraphError):
+    """No chain of converters leads from source to target."""
+
+    def __init__(
+        self,
+        source: str,
+        target: str,
+        reachable: Sequence[str],
+        reaching: Sequence[str],
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.reachable = tuple(reachable)
+        self.reaching = tuple(reaching)
+        reach = _listing(self.reachable)
+        reached = _listing(self.reaching)
+        super().__init__(
+            f"no path from {source} to {target}: {source} reaches {reach}; "
+            f"{target} is reached from {reached}",
+        )
+
+
+class LossyPathError(GraphError):
+    """The only paths to the target throw information away."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        lossy = ", ".join(f"{s.source} -> {s.target}" for s in plan.steps if s.lossy)
+        super().__init__(
+            f"every path from {plan.source} to {plan.target} has a lossy step ({lossy}); "
+            "pass --allow-lossy to accept it",
+        )
+
+
+class CheckpointError(CkptPathError):
+    """A checkpoint that cannot be read, trusted or written."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A file that is missing, truncated or not a checkpoint."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot read {path}: {reason}")
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that needs a global that weights_only loading does not allow."""
+
+    def __init__(self, path: str, global_name: str) -> None:
+        self.path = path
+        self.global_name = global_name
+        super().__init__(
+            f"{path} needs the global {global_name}, which weights_only loading does not allow; "
+            f"if you trust this file, allow it with --safe-global {global_name}",
+        )
+
+
+class NoStampError(CheckpointError):
+    """A checkpoint with no version stamp, when the command needs one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} has no ckpt-path stamp: pass --from VERSION, "
+            f"or stamp it once with `ckpt-path stamp {path} VERSION`",
+        )
+
+
+class OutputExistsError(CheckpointError):
+    """The output path exists and replacing it was not asked for."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} already exists; pass --force to replace it")
+
+
+class StepError(CkptPathError):
+    """A converter raised, or returned something that is not a checkpoint."""
+
+    def __init__(self, source: str, target: str, file: str, reason: str) -> None:
+        self.source = source
+        self.target = target
+        self.file = file
+        self.reason = reason
+        super().__init__(f"step {source} -> {target} ({file}) failed: {reason}")
+
+
+class ShapeMismatchError(CkptPathError):
+    """After a step, the state dict does not have the shapes it must have.
+
+    ``problems`` holds one line per offending key, sorted by key.
+    """
+
+    def __init__(self, source: str, target: str, file: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.target = target
+        self.file = file
+        self.problems = tuple(problems)
+        shown = "; ".join(self.problems[:_SHOWN])
+        more = f"; and {len(self.problems) - _SHOWN} more" if len(self.problems) > _SHOWN else ""
+        super().__init__(
+            f"step {source} -> {target} ({file}) left a wrong state dict: {shown}{more}",
+        )

@@ -1,0 +1,91 @@
+"""The version graph: a networkx ``DiGraph`` whose nodes are versions and edges converters.
+
+Each edge carries its :class:`~ckpt_path.converters.Converter` under the attribute
+``converter``. This module never sees a file path and never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import networkx as nx
+from packaging.version import Version
+
+from ckpt_path.converters import Converter
+from ckpt_path.errors import DuplicateConverterError
+from ckpt_path.versions import branch_of
+
+__all__ = ["build_graph", "render_graph"]
+
+
+def build_graph(converters: Iterable[Converter]) -> nx.DiGraph:
+    """Build the version graph; two converters for one edge raise :class:`DuplicateConverterError`.
+
+    A converter from a ``reversible`` file adds its inverse edge as well.
+    """
+    graph: nx.DiGraph = nx.DiGraph()
+    for converter in converters:
+        edges = [converter, converter.inverted()] if converter.reversible else [converter]
+        for edge in edges:
+            existing = graph.get_edge_data(edge.source, edge.target)
+            if existing is not None:
+                other: Converter = existing["converter"]
+                raise DuplicateConverterError(
+                    str(edge.source),
+                    str(edge.target),
+                    [_label(other), _label(edge)],
+                )
+            graph.add_edge(edge.source, edge.target, converter=edge)
+    return graph
+
+
+def _label(converter: Converter) -> str:
+    suffix = " (inverse of reversible)" if converter.inverse else ""
+    return converter.origin + suffix
+
+
+def _sorted_edges(graph: nx.DiGraph) -> list[Converter]:
+    return sorted(
+        (data["converter"] for _, _, data in graph.edges(data=True)),
+        key=lambda c: (c.source, c.target),
+    )
+
+
+def _node_id(version: Version) -> str:
+    return "v_" + "".join(ch if ch.isalnum() else "_" for ch in str(version))
+
+
+def render_graph(graph: nx.DiGraph, fmt: str = "text") -> str:
+    """Render the graph as ``text``, ``mermaid`` or ``dot``."""
+    edges = _sorted_edges(graph)
+    nodes = sorted(graph.nodes)
+    if fmt == "text":
+        lines = []
+        for c in edges:
+            flags = [f for f, on in (("lossy", c.lossy), ("inverse", c.inverse)) if on]
+            cost = f" cost={c.cost:g}" if c.cost != 1.0 else ""
+            tag = f" [{', '.join(flags)}]" if flags else ""
+            lines.append(f"{c.source} -> {c.target}  {c.name}{cost}{tag}  {c.description}")
+        isolated = [str(v) for v in nodes if graph.degree(v) == 0]
+        lines.extend(f"{v} (no converters)" for v in isolated)
+        return "\n".join(lines)
+    if fmt == "mermaid":
+        lines = ["graph LR"]
+        lines += [f'    {_node_id(v)}["{v}"]' for v in nodes]
+        for c in edges:
+            arrow = "-.->" if c.lossy else "-->"
+            lines.append(f"    {_node_id(c.source)} {arrow}|{c.name}| {_node_id(c.target)}")
+        return "\n".join(lines)
+    if fmt == "dot":
+        lines = ["digraph versions {", "    rankdir=LR;"]
+        for v in nodes:
+            branch = branch_of(v)
+            style = ', style="dashed"' if branch else ""
+            lines.append(f'    "{v}" [label="{v}"{style}];')
+        for c in edges:
+            attrs = [f'label="{c.name}"'] + (['style="dashed"', 'color="red"'] if c.lossy else [])
+            lines.append(f'    "{c.source}" -> "{c.target}" [{", ".join(attrs)}];')
+        lines.append("}")
+        return "\n".join(lines)
+    msg = f"unknown graph format {fmt!r} (text, mermaid, dot)"
+    raise ValueError(msg)

@@ -1,0 +1,153 @@
+"""The registry: the converters a project has, from a directory or added in code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from packaging.version import Version
+
+from ckpt_path.converters import Converter, ConvertFn, WhenFn, read_converters
+from ckpt_path.errors import ConverterFileError
+from ckpt_path.graph import build_graph
+from ckpt_path.planner import Plan, Planner
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["ENV_VAR", "Registry", "find_converters_dir"]
+
+ENV_VAR = "CKPT_PATH_CONVERTERS"
+
+
+def find_converters_dir(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
+    """Find the converters directory the way every command does.
+
+    In order: ``explicit`` (``--converters``), the environment variable
+    ``CKPT_PATH_CONVERTERS``, ``[tool.ckpt-path] converters`` in ``./pyproject.toml``
+    (relative to that file), then ``./converters``.
+    """
+    here = cwd or Path.cwd()
+    if explicit is not None:
+        return Path(explicit)
+    if env := os.environ.get(ENV_VAR):
+        return Path(env)
+    pyproject = here / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            config = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConverterFileError(str(pyproject), f"not valid TOML: {exc}") from None
+        setting = config.get("tool", {}).get("ckpt-path", {}).get("converters")
+        if setting is not None:
+            if not isinstance(setting, str):
+                raise ConverterFileError(str(pyproject), "[tool.ckpt-path] converters must be a path string")
+            return here / setting
+    return here / "converters"
+
+
+class Registry:
+    """The converters of a project, and the version graph and planner they make.
+
+    Build one from a directory with :meth:`from_directory`, or empty and :meth:`add` to it
+    (libraries, tests). The graph and planner are built on first use and rebuilt after a
+    change.
+    """
+
+    def __init__(self, converters: Iterable[Converter] = (), *, directory: Path | None = None) -> None:
+        self.directory = directory
+        self._converters: list[Converter] = list(converters)
+        self._planner: Planner | None = None
+
+    @classmethod
+    def from_directory(cls, directory: str | Path | None = None) -> Registry:
+        """Read the converters of a directory (found as :func:`find_converters_dir` says)."""
+        root = find_converters_dir(directory)
+        return cls(read_converters(root), directory=root)
+
+    @property
+    def converters(self) -> tuple[Converter, ...]:
+        """Every converter, in the order it was added."""
+        return tuple(self._converters)
+
+    def add(  # noqa: PLR0913 - mirrors the module-level names of a converter file
+        self,
+        source: str | Version | Converter,
+        target: str | Version | None = None,
+        convert: ConvertFn | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        touches: Iterable[str] | None = None,
+        lossy: bool = False,
+        cost: float = 1.0,
+        when: WhenFn | None = None,
+    ) -> Converter:
+        """Add a converter (a :class:`Converter`, or the parts of one) and return it."""
+        if isinstance(source, Converter):
+            converter = source
+        else:
+            if target is None or convert is None:
+                msg = "add(source, target, convert) needs all three"
+                raise TypeError(msg)
+            converter = Converter.from_function(
+                source,
+                target,
+                convert,
+                name=name,
+                description=description,
+                touches=touches,
+                lossy=lossy,
+                cost=cost,
+                when=when,
+            )
+        self._converters.append(converter)
+        self._planner = None
+        return converter
+
+    def converter(
+        self,
+        source: str,
+        target: str,
+        **options: Any,  # noqa: ANN401 - forwarded to add()
+    ) -> Callable[[ConvertFn], ConvertFn]:
+        """Register the decorated function as a converter: ``@registry.converter("1.0", "1.1")``."""
+
+        def register(fn: ConvertFn) -> ConvertFn:
+            self.add(source, target, fn, **options)
+            return fn
+
+        return register
+
+    @property
+    def planner(self) -> Planner:
+        """The planner over this registry's graph."""
+        if self._planner is None:
+            self._planner = Planner(build_graph(self._converters))
+        return self._planner
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The version graph."""
+        return self.planner.graph
+
+    @property
+    def versions(self) -> list[Version]:
+        """Every version, oldest first."""
+        return self.planner.versions
+
+    def plan(
+        self,
+        source: str | Version,
+        target: str | Version = "latest",
+        *,
+        allow_lossy: bool = False,
+    ) -> Plan:
+        """Shortcut for ``registry.planner.plan(...)``."""
+        return self.planner.plan(source, target, allow_lossy=allow_lossy)

@@ -1,0 +1,89 @@
+"""Versions: PEP 440 strings, branch labels and symbolic targets.
+
+A *local label* marks a branch: ``1.3.0+lam`` is the ``lam`` branch's 1.3.0 and
+``1.3.0+lam.2`` a later point of that branch. The branch name is the first segment of the
+local label. Versions are :class:`packaging.version.Version` objects everywhere inside the
+package; strings appear only at the edges.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from packaging.version import InvalidVersion, Version
+
+from ckpt_path.errors import UnknownVersionError, VersionError
+
+__all__ = ["LATEST", "branch_of", "nearest_versions", "parse_version", "resolve_target"]
+
+LATEST = "latest"
+"""The highest version without a local label."""
+
+
+def parse_version(text: str | Version) -> Version:
+    """Parse ``text`` as a PEP 440 version, or raise :class:`VersionError`."""
+    if isinstance(text, Version):
+        return text
+    try:
+        return Version(text.strip())
+    except InvalidVersion:
+        raise VersionError(text) from None
+
+
+def branch_of(version: Version) -> str | None:
+    """Return the branch a version belongs to: the first segment of its local label."""
+    if version.local is None:
+        return None
+    return version.local.split(".", 1)[0]
+
+
+def resolve_target(text: str, versions: Iterable[Version]) -> Version:
+    """Turn a target as users write it into a version of the graph.
+
+    ``latest`` is the highest version without a local label, ``LABEL@latest`` the highest
+    version of branch ``LABEL``; anything else must parse as a version (it need not be in
+    ``versions``: the planner reports unknown versions with their nearest neighbours).
+    """
+    known = list(versions)
+    text = text.strip()
+    if text == LATEST:
+        mainline = [v for v in known if v.local is None]
+        if not mainline:
+            raise UnknownVersionError(LATEST, [str(v) for v in sorted(known)[-3:]])
+        return max(mainline)
+    if text.endswith("@" + LATEST):
+        label = text[: -len("@" + LATEST)]
+        if not label:
+            raise VersionError(text, "LABEL@latest needs a branch label before '@'")
+        on_branch = [v for v in known if branch_of(v) == label]
+        if not on_branch:
+            branches = sorted({b for v in known if (b := branch_of(v)) is not None})
+            listed = ", ".join(branches) or "none"
+            raise VersionError(text, f"no branch {label!r} in the graph (branches: {listed})")
+        return max(on_branch)
+    return parse_version(text)
+
+
+def nearest_versions(version: Version, versions: Iterable[Version], count: int = 4) -> list[str]:
+    """Return up to ``count`` known versions closest to ``version`` in version order.
+
+    Versions of the same branch come first, so a typo in a patch number suggests its
+    neighbours on the same line of development.
+    """
+    pool = sorted(set(versions))
+    same_branch = [v for v in pool if branch_of(v) == branch_of(version)]
+    chosen: list[Version] = []
+    for candidates in (same_branch, pool):
+        at = bisect.bisect_left(candidates, version)
+        # Distance in positions from the gap where `version` would sit: 1 for both neighbours.
+        ranked = sorted(
+            range(len(candidates)),
+            key=lambda i: (at - i if i < at else i - at + 1, i),
+        )
+        for i in ranked:
+            if len(chosen) == count:
+                break
+            if candidates[i] not in chosen:
+                chosen.append(candidates[i])
+    return [str(v) for v in sorted(chosen)]

@@ -27,13 +27,44 @@ from ckpt_path.errors import (
 from ckpt_path.graph import build_graph, render_graph
 from ckpt_path.planner import Plan, Planner, Step
 from ckpt_path.registry import Registry, find_converters_dir
+from ckpt_path.shapes import Schema
 from ckpt_path.versions import branch_of, parse_version, resolve_target
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    # name: module; these import torch, so they load on first use.
+    "ConvertResult": "ckpt_path.commands",
+    "RunResult": "ckpt_path.runner",
+    "StepReport": "ckpt_path.runner",
+    "Stamp": "ckpt_path.checkpoint",
+    "capture_schema": "ckpt_path.commands",
+    "convert_file": "ckpt_path.commands",
+    "inspect_file": "ckpt_path.commands",
+    "load": "ckpt_path.commands",
+    "load_checkpoint": "ckpt_path.checkpoint",
+    "read_stamp": "ckpt_path.checkpoint",
+    "run": "ckpt_path.runner",
+    "save_checkpoint": "ckpt_path.checkpoint",
+    "stamp_file": "ckpt_path.commands",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    msg = f"module 'ckpt_path' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
 __all__ = [
     "CheckpointError",
     "CkptPathError",
+    "ConvertResult",
     "Converter",
     "ConverterFileError",
     "DuplicateConverterError",
@@ -45,19 +76,32 @@ __all__ = [
     "Plan",
     "Planner",
     "Registry",
+    "RunResult",
+    "Schema",
     "ShapeMismatchError",
+    "Stamp",
     "Step",
     "StepError",
+    "StepReport",
     "UnknownVersionError",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "VersionError",
     "branch_of",
     "build_graph",
+    "capture_schema",
+    "convert_file",
     "find_converters_dir",
+    "inspect_file",
+    "load",
+    "load_checkpoint",
     "parse_version",
     "read_converter_file",
     "read_converters",
+    "read_stamp",
     "render_graph",
     "resolve_target",
+    "run",
+    "save_checkpoint",
+    "stamp_file",
 ]

@@ -7,6 +7,7 @@ the commands that need them, so ``ckpt-path plan`` starts quickly.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -20,7 +21,8 @@ from ckpt_path.errors import CkptPathError
 if TYPE_CHECKING:
     from packaging.version import Version
 
-    from ckpt_path.planner import Plan
+    from ckpt_path.commands import ConvertResult
+    from ckpt_path.planner import Plan, Step
     from ckpt_path.registry import Registry
 
 __all__ = ["app", "main"]
@@ -52,6 +54,24 @@ ConvertersOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of text.")]
+StateDictOption = Annotated[
+    str | None,
+    typer.Option(
+        "--state-dict",
+        help="Dotted key of the state dict inside the checkpoint (default: detected: flat, "
+        "state_dict, model, ...).",
+        show_default=False,
+    ),
+]
+SafeGlobalOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--safe-global",
+        help="Allow this global (module.Name) while unpickling, for a file you trust. Repeatable.",
+        show_default=False,
+    ),
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")]
 AllowLossyOption = Annotated[
     bool,
     typer.Option("--allow-lossy", help="Accept a path with a lossy step when no lossless path exists."),
@@ -80,23 +100,41 @@ def _registry(converters: Path | None) -> Registry:
 
 @app.command()
 def plan(
-    source: Annotated[str, typer.Argument(help="Version to start from (or `latest`, `LABEL@latest`).")],
+    source: Annotated[
+        str,
+        typer.Argument(help="Version to start from (or `latest`, `LABEL@latest`), or a checkpoint file."),
+    ],
     target: Annotated[str, typer.Argument(help="Version to reach: a version, `latest` or `LABEL@latest`.")],
     converters: ConvertersOption = None,
-    allow_lossy: AllowLossyOption = False,  # noqa: FBT002 - typer options are booleans
-    as_json: JsonOption = False,  # noqa: FBT002
+    allow_lossy: AllowLossyOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the path from SOURCE to TARGET: the converters that would run, in order.
 
-    Example: ckpt-path plan 0.1.0 latest
+    SOURCE may be a checkpoint file: its stamp gives the version.
+
+    Examples: ckpt-path plan 0.1.0 latest;  ckpt-path plan model.ckpt lam@latest --json
     """
     with _user_errors():
         registry = _registry(converters)
+        if Path(source).is_file():
+            source = _stamped_version(Path(source))
         result = registry.plan(source, target, allow_lossy=allow_lossy)
     if as_json:
         typer.echo(result.to_json())
         return
     _print_plan(result)
+
+
+def _stamped_version(path: Path) -> str:
+    from ckpt_path.checkpoint import load_checkpoint, read_stamp
+    from ckpt_path.errors import NoStampError
+
+    loaded = load_checkpoint(path)
+    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
+    if stamp is None:
+        raise NoStampError(str(path))
+    return stamp.version
 
 
 def _print_plan(result: Plan) -> None:
@@ -145,7 +183,7 @@ def graph(
 @app.command()
 def versions(
     converters: ConvertersOption = None,
-    as_json: JsonOption = False,  # noqa: FBT002
+    as_json: JsonOption = False,
 ) -> None:
     """List every version of the graph, newest first, with branch labels."""
     from ckpt_path.versions import branch_of
@@ -173,6 +211,244 @@ def versions(
     width = max((len(str(v)) for v, _, _ in rows), default=0)
     for v, _, notes in rows:
         typer.echo(f"{v!s:<{width}}  ({', '.join(notes)})" if notes else str(v))
+
+
+@app.command()
+def convert(
+    input_path: Annotated[
+        Path, typer.Argument(metavar="INPUT", help="Checkpoint to convert (never modified).")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Where to write the result (required unless --dry-run).",
+            show_default=False,
+        ),
+    ] = None,
+    to: Annotated[
+        str, typer.Option("--to", help="Target: a version, `latest` or `LABEL@latest`.")
+    ] = "latest",
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="Version of INPUT, when it has no stamp or a wrong one.", show_default=False
+        ),
+    ] = None,
+    converters: ConvertersOption = None,
+    allow_lossy: AllowLossyOption = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Run the chain on shapes only (no tensor data read); write nothing."),
+    ] = False,
+    force: ForceOption = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail on a step that has no touches and no schema to check it."),
+    ] = False,
+    state_dict: StateDictOption = None,
+    safe_global: SafeGlobalOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Convert a checkpoint to another version, checking shapes after every step.
+
+    The result is written to a temporary file beside OUTPUT and renamed into place only when
+    every step succeeded, so a failure never leaves a half-written OUTPUT.
+
+    Examples: ckpt-path convert old.ckpt -o new.ckpt;  ckpt-path convert old.ckpt --dry-run --to 1.0.0
+    """
+    from ckpt_path.commands import convert_file
+
+    progress = _StepProgress(enabled=not as_json)
+    with _user_errors():
+        registry = _registry(converters)
+        try:
+            result = convert_file(
+                input_path,
+                output,
+                target=to,
+                source=source,
+                registry=registry,
+                allow_lossy=allow_lossy,
+                dry_run=dry_run,
+                force=force,
+                strict=strict,
+                state_dict_key=state_dict,
+                safe_globals=tuple(safe_global or ()),
+                on_step=progress.on_step,
+            )
+        finally:
+            progress.close()
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    _print_conversion(result)
+
+
+def _print_conversion(result: ConvertResult) -> None:
+    plan_ = result.plan
+    where = "dry run, nothing written" if result.dry_run else f"written to {result.output}"
+    typer.echo(f"{result.input}: {plan_.source} -> {plan_.target} in {len(result.steps)} step(s); {where}")
+    shown = None if result.dry_run else 8
+    for i, report in enumerate(result.steps, 1):
+        diff = report.diff
+        checked = "+".join(report.checked) or "UNCHECKED"
+        skipped = "  (skipped: when() said no)" if not report.applied else ""
+        typer.echo(
+            f"  {i}. {report.step.source} -> {report.step.target}  {report.step.name}  "
+            f"[{checked}]  +{len(diff.added)} -{len(diff.removed)} ~{len(diff.changed)}{skipped}",
+        )
+        lines = diff.describe()
+        for line in lines[:shown]:
+            typer.echo(f"       {line}")
+        if shown is not None and len(lines) > shown:
+            typer.echo(f"       ... and {len(lines) - shown} more (see --dry-run or --json)")
+
+
+class _StepProgress:
+    """A progress line per step on a terminal; silent when stderr is not a TTY or with --json."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress: object | None = None
+        self._task: object | None = None
+
+    def close(self) -> None:
+        """Take the progress display off the terminal."""
+        if self._progress is not None:
+            self._progress.stop()  # type: ignore[attr-defined]
+
+    def on_step(self, index: int, total: int, step: Step) -> None:
+        if not self.enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        label = f"step {index + 1}/{total}: {step.source} -> {step.target} ({step.name})"
+        if self._progress is None:
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            progress.start()
+            self._task = progress.add_task(label, total=total)
+            self._progress = progress
+        self._progress.update(self._task, description=label, completed=index)  # type: ignore[attr-defined]
+
+
+@app.command("inspect")
+def inspect_command(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="Checkpoint to describe.")],
+    state_dict: StateDictOption = None,
+    safe_global: SafeGlobalOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Describe a checkpoint: format, stamped version and history, tensors, bytes, dtypes.
+
+    Reads no tensor data, so it is instant even on a multi-GB file.
+    """
+    from ckpt_path.commands import inspect_file
+
+    with _user_errors():
+        info = inspect_file(checkpoint, state_dict_key=state_dict, safe_globals=tuple(safe_global or ()))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    where = info["state_dict"] or "top level (flat state dict)"
+    dtypes = ", ".join(f"{k} x{v}" for k, v in info["dtypes"].items()) or "none"
+    lines = [
+        f"file:        {info['path']} ({_human_bytes(info['file_bytes'])})",
+        f"format:      {info['format']}",
+        f"version:     {info['version'] or 'not stamped (use `ckpt-path stamp` or --from)'}",
+        f"state dict:  {where}",
+        f"tensors:     {info['tensors']} ({_human_bytes(info['bytes'])}); {dtypes}",
+    ]
+    if info["keys"]:
+        lines.append(f"top level:   {', '.join(info['keys'])}")
+    if info["history"]:
+        lines.append("history:")
+        for h in info["history"]:
+            step = f"{h.get('source')} -> {h.get('target')}"
+            lines.append(f"  {h.get('at', '?')}  {step}  {h.get('converter')}  {h.get('digest') or ''}")
+    typer.echo("\n".join(line.rstrip() for line in lines))
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":  # noqa: PLR2004 - bytes in a KiB
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+@app.command()
+def stamp(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="Checkpoint to stamp.")],
+    version: Annotated[str, typer.Argument(help="The version of the code that wrote CKPT.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write the stamped copy here instead of replacing CKPT.",
+            show_default=False,
+        ),
+    ] = None,
+    force: ForceOption = False,
+    state_dict: StateDictOption = None,
+    safe_global: SafeGlobalOption = None,
+) -> None:
+    """Record VERSION in a checkpoint saved before it had a stamp (or with a wrong one).
+
+    Without -o the checkpoint is replaced atomically (written beside it, then renamed).
+    """
+    from ckpt_path.commands import stamp_file
+
+    with _user_errors():
+        written = stamp_file(
+            checkpoint,
+            version,
+            output,
+            force=force,
+            state_dict_key=state_dict,
+            safe_globals=tuple(safe_global or ()),
+        )
+    typer.echo(f"stamped {written} as {version}")
+
+
+@app.command()
+def schema(
+    checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="A real checkpoint of VERSION.")],
+    version: Annotated[str, typer.Option("--version", help="The version CKPT belongs to.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output", help="Default: <converters>/schemas/VERSION.json.", show_default=False
+        ),
+    ] = None,
+    converters: ConvertersOption = None,
+    force: ForceOption = False,
+    state_dict: StateDictOption = None,
+) -> None:
+    """Write the schema of VERSION (every key's shape and dtype) from a real checkpoint.
+
+    After each step that lands on VERSION, convert checks the whole state dict against it.
+    Edit the file to name dimensions (["hidden", 6]) or use glob keys ("layers.*.weight").
+    """
+    from ckpt_path.commands import capture_schema
+    from ckpt_path.registry import find_converters_dir
+
+    with _user_errors():
+        out = output or find_converters_dir(converters) / "schemas" / f"{version}.json"
+        written = capture_schema(checkpoint, version, out, force=force, state_dict_key=state_dict)
+    typer.echo(f"wrote {written}")
 
 
 def main() -> None:

@@ -148,15 +148,19 @@ def file_digest(data: bytes) -> str:
 def _check_cost(value: object, _name: str, file: str, line: int | None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConverterFileError(file, f"cost must be a number, got {value!r}", line)
-    if not math.isfinite(value) or value < MIN_COST:
+    try:
+        number = float(value)
+    except OverflowError:  # an int literal too large for a float
+        number = math.inf
+    if not math.isfinite(number) or number < MIN_COST:
         raise ConverterFileError(file, f"cost must be a number >= {MIN_COST:g}, got {value!r}", line)
-    return float(value)
+    return number
 
 
 def _literal(node: ast.expr, name: str, file: str) -> object:
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: an unhashable item in a set or dict literal
         raise ConverterFileError(
             file,
             f"{name} must be a plain literal (the graph is read without running the file)",

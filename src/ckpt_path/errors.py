@@ -97,8 +97,7 @@ class DuplicateConverterError(GraphError):
         self.target = target
         self.files = tuple(files)
         super().__init__(
-            f"two converters for {source} -> {target}: {' and '.join(self.files)}; "
-            "keep one of them",
+            f"two converters for {source} -> {target}: {' and '.join(self.files)}; keep one of them",
         )
 
 
@@ -108,8 +107,10 @@ class UnknownVersionError(GraphError):
     def __init__(self, version: str, nearest: Sequence[str]) -> None:
         self.version = version
         self.nearest = tuple(nearest)
-        hint = f"; nearest known: {', '.join(self.nearest)}" if self.nearest else (
-            "; the graph has no versions (is the converters directory right?)"
+        hint = (
+            f"; nearest known: {', '.join(self.nearest)}"
+            if self.nearest
+            else ("; the graph has no versions (is the converters directory right?)")
         )
         super().__init__(f"unknown version {version}{hint}")
 
@@ -162,14 +163,20 @@ class UnreadableCheckpointError(CheckpointError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint that needs a global that weights_only loading does not allow."""
+    """A checkpoint that needs globals that weights_only loading does not allow.
 
-    def __init__(self, path: str, global_name: str) -> None:
+    Nothing from the file was executed.
+    """
+
+    def __init__(self, path: str, globals_needed: Sequence[str]) -> None:
         self.path = path
-        self.global_name = global_name
+        self.globals_needed = tuple(globals_needed)
+        self.global_name = self.globals_needed[0]
+        others = f" (and {', '.join(self.globals_needed[1:])})" if len(self.globals_needed) > 1 else ""
+        flags = " ".join(f"--safe-global {g}" for g in self.globals_needed)
         super().__init__(
-            f"{path} needs the global {global_name}, which weights_only loading does not allow; "
-            f"if you trust this file, allow it with --safe-global {global_name}",
+            f"{path} needs the global {self.global_name}{others}, which weights_only loading "
+            f"does not allow; nothing was run. If you trust this file, allow it with {flags}",
         )
 
 

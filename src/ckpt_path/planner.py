@@ -213,4 +213,3 @@ class Planner:
             path.append(conv)
         path.reverse()
         return path
-

@@ -12,9 +12,11 @@ import networkx as nx
 from packaging.version import Version
 
 from ckpt_path.converters import Converter, ConvertFn, WhenFn, read_converters
-from ckpt_path.errors import ConverterFileError
+from ckpt_path.errors import ConverterFileError, VersionError
 from ckpt_path.graph import build_graph
 from ckpt_path.planner import Plan, Planner
+from ckpt_path.shapes import Schema, load_schema
+from ckpt_path.versions import parse_version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,6 +54,13 @@ def find_converters_dir(explicit: str | Path | None = None, cwd: Path | None = N
     return here / "converters"
 
 
+def _version_or_none(text: str) -> Version | None:
+    try:
+        return parse_version(text)
+    except VersionError:
+        return None  # a file not named after a version is not a schema of ours
+
+
 class Registry:
     """The converters of a project, and the version graph and planner they make.
 
@@ -64,6 +73,7 @@ class Registry:
         self.directory = directory
         self._converters: list[Converter] = list(converters)
         self._planner: Planner | None = None
+        self._schemas: dict[Version, Schema | Path] | None = None
 
     @classmethod
     def from_directory(cls, directory: str | Path | None = None) -> Registry:
@@ -151,3 +161,30 @@ class Registry:
     ) -> Plan:
         """Shortcut for ``registry.planner.plan(...)``."""
         return self.planner.plan(source, target, allow_lossy=allow_lossy)
+
+    @property
+    def schemas_dir(self) -> Path | None:
+        """Where this registry's schemas live: ``<converters>/schemas``."""
+        return self.directory / "schemas" if self.directory is not None else None
+
+    def _schema_index(self) -> dict[Version, Schema | Path]:
+        if self._schemas is None:
+            self._schemas = {}
+            folder = self.schemas_dir
+            if folder is not None and folder.is_dir():
+                for path in sorted(folder.glob("*.json")):
+                    if (version := _version_or_none(path.stem)) is not None:
+                        self._schemas[version] = path
+        return self._schemas
+
+    def schema(self, version: str | Version) -> Schema | None:
+        """Return the schema of ``version``, or None when it has none."""
+        index = self._schema_index()
+        found = index.get(parse_version(version))
+        if isinstance(found, Path):
+            found = index[parse_version(version)] = load_schema(found)
+        return found
+
+    def add_schema(self, schema: Schema) -> None:
+        """Add a schema made in code (it wins over a file for the same version)."""
+        self._schema_index()[parse_version(schema.version)] = schema

@@ -1,0 +1,317 @@
+"""Checkpoints on disk: load safely, find the state dict, read and write the stamp, save atomically.
+
+Loading always uses ``torch.load(weights_only=True)``, memory-mapped where the file allows,
+so tensor data is read only when something touches it. A file that needs a global beyond
+what weights-only loading allows is refused with that global's name; it is never executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ckpt_path.errors import (
+    CheckpointError,
+    OutputExistsError,
+    UnreadableCheckpointError,
+    UnsafeCheckpointError,
+)
+from ckpt_path.versions import parse_version
+
+__all__ = [
+    "STAMP_KEY",
+    "Loaded",
+    "Stamp",
+    "find_state_dict",
+    "get_state_dict",
+    "load_checkpoint",
+    "read_stamp",
+    "save_checkpoint",
+    "write_stamp",
+]
+
+STAMP_KEY = "ckpt_path"
+"""Key of the stamp: top level of a dict checkpoint, or ``state_dict._metadata`` when flat."""
+
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stamp:
+    """The version recorded in a checkpoint and the steps that led to it."""
+
+    version: str
+    history: tuple[dict[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the stamp as stored in a checkpoint."""
+        return {"version": self.version, "history": [dict(h) for h in self.history]}
+
+    def advanced(
+        self,
+        *,
+        source: str,
+        target: str,
+        converter: str,
+        digest: str | None,
+    ) -> Stamp:
+        """Return the stamp after one more step, with its history entry appended."""
+        entry = {
+            "source": source,
+            "target": target,
+            "converter": converter,
+            "digest": digest,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        return Stamp(version=target, history=(*self.history, entry))
+
+
+@dataclass(slots=True, kw_only=True)
+class Loaded:
+    """A checkpoint object read from a file, and where its state dict lies.
+
+    ``state_dict_path`` is the sequence of keys from the top-level object to the state dict
+    (empty for a flat state dict).
+    """
+
+    obj: Any
+    path: Path
+    format: str
+    state_dict_path: tuple[str, ...]
+
+    @property
+    def state_dict(self) -> MutableMapping[str, Any]:
+        """The state dict inside the checkpoint."""
+        return get_state_dict(self.obj, self.state_dict_path)
+
+
+def _is_tensor_map(value: object) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(k, str) for k in value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
+
+
+def find_state_dict(obj: object, override: str | None = None) -> tuple[str, ...]:
+    """Find where the state dict lies inside a checkpoint object.
+
+    ``override`` is a dotted key path (``model.ema``) that wins over detection. Detection
+    tries, in order: a flat mapping of tensors, then the keys ``state_dict`` (Lightning),
+    ``model``, ``model_state_dict``, ``module`` and ``net``.
+    """
+    if override is not None:
+        path = tuple(p for p in override.split(".") if p)
+        try:
+            found = get_state_dict(obj, path)
+        except (KeyError, TypeError):
+            raise CheckpointError(f"no state dict at {override!r} in this checkpoint") from None
+        if not isinstance(found, Mapping):
+            raise CheckpointError(f"{override!r} holds a {type(found).__name__}, not a state dict")
+        return path
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"a checkpoint must be a dict, not a {type(obj).__name__}")
+    tensors = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
+    if tensors and len(tensors) >= len([k for k in obj if k != STAMP_KEY]):
+        return ()
+    for key in _STATE_DICT_KEYS:
+        value = obj.get(key)
+        if isinstance(value, Mapping) and (not value or _is_tensor_map(_tensor_part(value))):
+            return (key,)
+    if not obj or tensors:
+        return ()
+    keys = ", ".join(sorted(map(str, obj))[:10])
+    raise CheckpointError(
+        f"cannot tell where the state dict is (top-level keys: {keys}); pass --state-dict KEY",
+    )
+
+
+def _tensor_part(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    # Some state dicts hold a few non-tensors (e.g. `_extra_state`); judge by the tensors.
+    return {k: v for k, v in mapping.items() if isinstance(v, torch.Tensor)}
+
+
+def get_state_dict(obj: Any, path: Sequence[str]) -> MutableMapping[str, Any]:  # noqa: ANN401 - checkpoints are any pickle
+    """Follow ``path`` into ``obj`` and return the state dict there."""
+    node = obj
+    for key in path:
+        node = node[key]
+    if not isinstance(node, MutableMapping):
+        raise CheckpointError(f"{'.'.join(path) or 'the checkpoint'} is a {type(node).__name__}, not a dict")
+    return node
+
+
+def read_stamp(obj: object, state_dict_path: Sequence[str] = ()) -> Stamp | None:
+    """Return the stamp of a checkpoint object, or None when it has none."""
+    raw: object = None
+    if state_dict_path:
+        raw = obj.get(STAMP_KEY) if isinstance(obj, Mapping) else None
+    else:
+        metadata = getattr(obj, "_metadata", None)
+        raw = metadata.get(STAMP_KEY) if isinstance(metadata, Mapping) else None
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("version"), str):
+        raise CheckpointError(f"the {STAMP_KEY} stamp is damaged: {raw!r:.200}")
+    parse_version(raw["version"])
+    history = raw.get("history") or []
+    return Stamp(version=raw["version"], history=tuple(dict(h) for h in history if isinstance(h, Mapping)))
+
+
+def write_stamp(obj: Any, state_dict_path: Sequence[str], stamp: Stamp) -> Any:  # noqa: ANN401
+    """Write ``stamp`` into a checkpoint object and return the object.
+
+    A dict checkpoint gets a top-level ``ckpt_path`` key. A flat state dict gets it in its
+    ``_metadata`` (turning a plain dict into an ``OrderedDict``), so that
+    ``model.load_state_dict(sd, strict=True)`` still sees only parameter keys.
+    """
+    if state_dict_path:
+        obj[STAMP_KEY] = stamp.to_dict()
+        return obj
+    if not isinstance(obj, OrderedDict):
+        obj = OrderedDict(obj)
+    metadata = getattr(obj, "_metadata", None)
+    if metadata is None:
+        metadata = OrderedDict()
+        obj._metadata = metadata  # noqa: SLF001 - torch's own convention for state-dict metadata
+    metadata[STAMP_KEY] = stamp.to_dict()
+    return obj
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _resolve_globals(names: Sequence[str]) -> list[Any]:
+    """Import the globals a user allowed by name (``module.Name``)."""
+    allowed = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            allowed.append(getattr(import_module(module), attr))
+        except (ImportError, AttributeError, ValueError):
+            raise CheckpointError(f"--safe-global {name}: cannot import {attr!r} from {module!r}") from None
+    return allowed
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    state_dict_key: str | None = None,
+    safe_globals: Sequence[str] = (),
+    mmap: bool = True,
+) -> Loaded:
+    """Load a checkpoint file with ``weights_only=True``, memory-mapped where possible.
+
+    ``safe_globals`` names extra globals (``package.module.Class``) the user trusts.
+    Raises :class:`UnreadableCheckpointError` or :class:`UnsafeCheckpointError`.
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise UnreadableCheckpointError(name, "no such file" if not path.exists() else "not a file")
+    zipped = zipfile.is_zipfile(path)
+    allowed = _resolve_globals(safe_globals)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+    except pickle.UnpicklingError as exc:
+        raise _unpickling_error(name, exc) from None
+    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError, IndexError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not zipped:
+            reason = "not a torch checkpoint (no zip archive, and not the legacy format either)"
+        raise UnreadableCheckpointError(name, f"truncated or not a checkpoint ({reason[:160]})") from None
+    if obj is None:
+        raise UnreadableCheckpointError(name, "the file holds None")
+    sd_path = find_state_dict(obj, state_dict_key)
+    return Loaded(obj=obj, path=path, format="torch" if zipped else "torch-legacy", state_dict_path=sd_path)
+
+
+def _unpickling_error(name: str, exc: pickle.UnpicklingError) -> CheckpointError:
+    message = str(exc)
+    if "Weights only load failed" not in message:
+        return UnreadableCheckpointError(name, f"not a checkpoint ({message.splitlines()[0][:160]})")
+    found = _GLOBAL_RE.search(message)
+    offending: list[str] = []
+    with contextlib.suppress(Exception):
+        offending = list(torch.serialization.get_unsafe_globals_in_checkpoint(name))
+    if found and found.group(1) not in offending:
+        offending.insert(0, found.group(1))
+    return UnsafeCheckpointError(name, offending or ["(unnamed)"])
+
+
+def save_checkpoint(obj: object, path: str | Path, *, force: bool = False) -> Path:
+    """Save ``obj`` with ``torch.save`` atomically: temporary file beside ``path``, fsync, rename.
+
+    On any failure (including Ctrl-C) the temporary file is removed and ``path`` is
+    untouched. An existing ``path`` is replaced only with ``force``.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(str(path))
+    directory = path.parent if str(path.parent) else Path()
+    if not directory.is_dir():
+        raise CheckpointError(f"cannot write {path}: directory {directory} does not exist")
+    with _atomic_file(path, force=force) as handle:
+        torch.save(obj, handle)
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, *, force: bool) -> Iterator[Any]:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if force:
+            tmp.replace(path)
+        else:
+            # link() refuses to replace, so a file that appeared meanwhile is never clobbered.
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError(str(path)) from None
+            except OSError:  # a file system without hard links
+                if path.exists():
+                    raise OutputExistsError(str(path)) from None
+                tmp.replace(path)
+            tmp.unlink(missing_ok=True)
+        _fsync_directory(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

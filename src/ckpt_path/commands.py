@@ -1,0 +1,241 @@
+"""What the commands do, as functions: convert, load, inspect, stamp, capture a schema.
+
+The command line is a thin shell over these; a project calls them from Python the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from packaging.version import Version
+
+from ckpt_path.checkpoint import Loaded, Stamp, load_checkpoint, read_stamp, save_checkpoint, write_stamp
+from ckpt_path.errors import CheckpointError, NoStampError, OutputExistsError
+from ckpt_path.planner import Plan
+from ckpt_path.registry import Registry
+from ckpt_path.runner import OnStep, StepReport, run
+from ckpt_path.shapes import Schema, signature
+from ckpt_path.versions import parse_version
+
+__all__ = ["ConvertResult", "capture_schema", "convert_file", "inspect_file", "load", "stamp_file"]
+
+log = logging.getLogger("ckpt_path")
+
+
+@dataclass(slots=True, kw_only=True)
+class ConvertResult:
+    """What a conversion did: the plan, a report per step, and where the result went."""
+
+    input: Path
+    output: Path | None
+    plan: Plan
+    steps: list[StepReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as the contract's ``convert --json`` object."""
+        return {
+            "source": str(self.plan.source),
+            "target": str(self.plan.target),
+            "input": str(self.input),
+            "output": str(self.output) if self.output is not None else None,
+            "dry_run": self.dry_run,
+            "lossy": self.plan.lossy,
+            "steps": [s.to_dict() for s in self.steps],
+            "warnings": list(self.warnings),
+        }
+
+
+def _source_version(loaded: Loaded, source: str | None, registry: Registry) -> Version:
+    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
+    if source is not None:
+        version = registry.planner.resolve(source)
+        if stamp is not None and parse_version(stamp.version) != version:
+            log.warning(
+                "%s is stamped %s but --from %s was given; using %s",
+                loaded.path,
+                stamp.version,
+                source,
+                version,
+            )
+        return version
+    if stamp is None:
+        raise NoStampError(str(loaded.path))
+    return registry.planner.resolve(stamp.version)
+
+
+def _to_meta(loaded: Loaded) -> None:
+    """Swap every state-dict tensor for a meta tensor: shapes stay, no data is read."""
+    state_dict = loaded.state_dict
+    for key, value in list(state_dict.items()):
+        if isinstance(value, torch.Tensor):
+            state_dict[key] = value.to("meta")
+
+
+def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
+    input: str | Path,  # noqa: A002 - the contract's word
+    output: str | Path | None = None,
+    *,
+    target: str = "latest",
+    source: str | None = None,
+    registry: Registry | None = None,
+    allow_lossy: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    strict: bool = False,
+    state_dict_key: str | None = None,
+    safe_globals: tuple[str, ...] = (),
+    on_step: OnStep | None = None,
+) -> ConvertResult:
+    """Convert the checkpoint at ``input`` to ``target`` and write it to ``output``.
+
+    Nothing is written when any step fails, and ``input`` is never modified. With
+    ``dry_run`` the chain runs on meta tensors (no tensor data is read) and nothing is
+    written.
+    """
+    registry = registry or Registry.from_directory()
+    input_path = Path(input)
+    output_path = Path(output) if output is not None else None
+    if not dry_run:
+        if output_path is None:
+            raise CheckpointError("convert needs an output path (-o OUTPUT), or --dry-run")
+        if output_path.exists() and not force:
+            raise OutputExistsError(str(output_path))
+        if input_path.exists() and output_path.exists() and output_path.samefile(input_path):
+            raise CheckpointError(f"{output_path} is the input; write the result to another path")
+    loaded = load_checkpoint(input_path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+    version = _source_version(loaded, source, registry)
+    plan = registry.plan(version, target, allow_lossy=allow_lossy)
+    if dry_run:
+        _to_meta(loaded)
+    outcome = run(
+        plan,
+        loaded.obj,
+        state_dict_path=loaded.state_dict_path,
+        schemas=registry.schema,
+        strict=strict,
+        on_step=on_step,
+    )
+    written = None
+    if not dry_run and output_path is not None:
+        written = save_checkpoint(outcome.checkpoint, output_path, force=force)
+    return ConvertResult(
+        input=input_path,
+        output=written,
+        plan=plan,
+        steps=outcome.steps,
+        warnings=outcome.warnings,
+        dry_run=dry_run,
+    )
+
+
+def load(  # noqa: PLR0913 - mirrors convert_file
+    path: str | Path,
+    target: str = "latest",
+    *,
+    registry: Registry | None = None,
+    source: str | None = None,
+    allow_lossy: bool = False,
+    strict: bool = False,
+    state_dict_key: str | None = None,
+    safe_globals: tuple[str, ...] = (),
+) -> Any:  # noqa: ANN401 - a checkpoint is whatever the file holds
+    """Load a checkpoint file and return it converted to ``target``, in memory.
+
+    The file is not touched. The path taken and the command that would persist the result
+    are logged on the ``ckpt_path`` logger.
+    """
+    registry = registry or Registry.from_directory()
+    loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+    version = _source_version(loaded, source, registry)
+    plan = registry.plan(version, target, allow_lossy=allow_lossy)
+    outcome = run(
+        plan, loaded.obj, state_dict_path=loaded.state_dict_path, schemas=registry.schema, strict=strict
+    )
+    if plan.steps:
+        path_text = " -> ".join(str(v) for v in plan.versions)
+        persist = f"ckpt-path convert {shlex.quote(str(path))} -o OUTPUT --to {shlex.quote(str(plan.target))}"
+        log.info("upgraded %s in memory along %s; to keep it: %s", path, path_text, persist)
+    for warning in outcome.warnings:
+        log.warning("%s", warning)
+    return outcome.checkpoint
+
+
+def inspect_file(
+    path: str | Path, *, state_dict_key: str | None = None, safe_globals: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Describe a checkpoint without reading tensor data: format, stamp, tensors, bytes."""
+    loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
+    sig = signature(loaded.state_dict)
+    nbytes = sum(
+        v.numel() * v.element_size() for v in loaded.state_dict.values() if isinstance(v, torch.Tensor)
+    )
+    top_keys = sorted(str(k) for k in loaded.obj) if loaded.state_dict_path else []
+    return {
+        "path": str(loaded.path),
+        "format": loaded.format,
+        "version": stamp.version if stamp else None,
+        "history": list(stamp.history) if stamp else [],
+        "state_dict": ".".join(loaded.state_dict_path),
+        "tensors": len(sig),
+        "bytes": nbytes,
+        "file_bytes": loaded.path.stat().st_size,
+        "dtypes": dict(sorted(Counter(spec.dtype for spec in sig.values()).items())),
+        "keys": top_keys,
+    }
+
+
+def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`
+    path: str | Path,
+    version: str,
+    output: str | Path | None = None,
+    *,
+    force: bool = False,
+    state_dict_key: str | None = None,
+    safe_globals: tuple[str, ...] = (),
+) -> Path:
+    """Stamp a checkpoint with ``version``; write it to ``output`` (default: in place, atomically)."""
+    checked = str(parse_version(version))
+    loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+    old = read_stamp(loaded.obj, loaded.state_dict_path)
+    history = (*old.history, _restamp_entry(old.version, version)) if old is not None else ()
+    obj = write_stamp(loaded.obj, loaded.state_dict_path, Stamp(version=checked, history=history))
+    target = Path(output) if output is not None else loaded.path
+    in_place = output is None or (target.exists() and target.samefile(loaded.path))
+    return save_checkpoint(obj, target, force=force or in_place)
+
+
+def _restamp_entry(old: str, new: str) -> dict[str, Any]:
+    entry = Stamp(version=old).advanced(source=old, target=new, converter="ckpt-path stamp", digest=None)
+    return entry.history[-1]
+
+
+def capture_schema(
+    path: str | Path,
+    version: str,
+    output: str | Path,
+    *,
+    force: bool = False,
+    state_dict_key: str | None = None,
+) -> Path:
+    """Write the schema of ``version`` captured from a real checkpoint at ``path``."""
+    parse_version(version)
+    loaded = load_checkpoint(path, state_dict_key=state_dict_key)
+    schema = Schema.from_signature(version, signature(loaded.state_dict))
+    out = Path(output)
+    if out.exists() and not force:
+        raise OutputExistsError(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(schema.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return out

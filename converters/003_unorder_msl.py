@@ -18,4 +18,7 @@ def convert(ckpt):
     sd["grid_prev_embedder.0.weight"] = _move(sd["grid_prev_embedder.0.weight"], 1, 1, 3)
     sd["output_map.weight"] = _move(sd["output_map.weight"], 0, 1, 3)
     sd["output_map.bias"] = _move(sd["output_map.bias"], 0, 1, 3)
+    features = ckpt.get("hyper_parameters", {}).get("features")
+    if features is not None:
+        features.insert(3, features.pop(1))
     return ckpt

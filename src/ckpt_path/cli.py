@@ -58,8 +58,7 @@ StateDictOption = Annotated[
     str | None,
     typer.Option(
         "--state-dict",
-        help="Dotted key of the state dict inside the checkpoint (default: detected: flat, "
-        "state_dict, model, ...).",
+        help="Dotted key of the state dict inside the checkpoint (default: detected: flat, state_dict, model, ...).",
         show_default=False,
     ),
 ]
@@ -215,9 +214,7 @@ def versions(
 
 @app.command()
 def convert(
-    input_path: Annotated[
-        Path, typer.Argument(metavar="INPUT", help="Checkpoint to convert (never modified).")
-    ],
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Checkpoint to convert (never modified).")],
     output: Annotated[
         Path | None,
         typer.Option(
@@ -227,14 +224,10 @@ def convert(
             show_default=False,
         ),
     ] = None,
-    to: Annotated[
-        str, typer.Option("--to", help="Target: a version, `latest` or `LABEL@latest`.")
-    ] = "latest",
+    to: Annotated[str, typer.Option("--to", help="Target: a version, `latest` or `LABEL@latest`.")] = "latest",
     source: Annotated[
         str | None,
-        typer.Option(
-            "--from", help="Version of INPUT, when it has no stamp or a wrong one.", show_default=False
-        ),
+        typer.Option("--from", help="Version of INPUT, when it has no stamp or a wrong one.", show_default=False),
     ] = None,
     converters: ConvertersOption = None,
     allow_lossy: AllowLossyOption = False,
@@ -429,9 +422,7 @@ def schema(
     version: Annotated[str, typer.Option("--version", help="The version CKPT belongs to.")],
     output: Annotated[
         Path | None,
-        typer.Option(
-            "-o", "--output", help="Default: <converters>/schemas/VERSION.json.", show_default=False
-        ),
+        typer.Option("-o", "--output", help="Default: <converters>/schemas/VERSION.json.", show_default=False),
     ] = None,
     converters: ConvertersOption = None,
     force: ForceOption = False,

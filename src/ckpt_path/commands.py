@@ -157,9 +157,7 @@ def load(  # noqa: PLR0913 - mirrors convert_file
     loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
     version = _source_version(loaded, source, registry)
     plan = registry.plan(version, target, allow_lossy=allow_lossy)
-    outcome = run(
-        plan, loaded.obj, state_dict_path=loaded.state_dict_path, schemas=registry.schema, strict=strict
-    )
+    outcome = run(plan, loaded.obj, state_dict_path=loaded.state_dict_path, schemas=registry.schema, strict=strict)
     if plan.steps:
         path_text = " -> ".join(str(v) for v in plan.versions)
         persist = f"ckpt-path convert {shlex.quote(str(path))} -o OUTPUT --to {shlex.quote(str(plan.target))}"
@@ -176,9 +174,7 @@ def inspect_file(
     loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
     stamp = read_stamp(loaded.obj, loaded.state_dict_path)
     sig = signature(loaded.state_dict)
-    nbytes = sum(
-        v.numel() * v.element_size() for v in loaded.state_dict.values() if isinstance(v, torch.Tensor)
-    )
+    nbytes = sum(v.numel() * v.element_size() for v in loaded.state_dict.values() if isinstance(v, torch.Tensor))
     top_keys = sorted(str(k) for k in loaded.obj) if loaded.state_dict_path else []
     return {
         "path": str(loaded.path),

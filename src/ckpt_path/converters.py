@@ -20,6 +20,7 @@ from typing import Any
 from packaging.version import Version
 
 from ckpt_path.errors import ConverterFileError, VersionError
+from ckpt_path.ops import OPS, Op, OpError, invert
 from ckpt_path.versions import parse_version
 
 __all__ = [
@@ -78,23 +79,27 @@ class Converter:
 
     def inverted(self) -> Converter:
         """Return the inverse edge ``target -> source`` of a reversible converter."""
+        ops = invert(self.ops) if self.ops is not None else None
+        if ops is None:
+            msg = f"{self.origin}: reversible, but an op has no inverse"
+            raise ConverterFileError(self.origin, msg)
         return Converter(
             source=self.target,
             target=self.source,
             name=f"{self.name}:inverse",
             description=f"undo: {self.description}",
             file=self.file,
-            lossy=self.lossy,
+            lossy=any(op.is_lossy() for op in ops),
             cost=self.cost,
-            touches=self.touches,
+            touches=None,
             reversible=True,
             kind=self.kind,
             digest=self.digest,
             inverse=True,
-            has_when=self.has_when,
+            has_when=False,
             convert=None,
-            when=self.when,
-            ops=self.ops,
+            when=None,
+            ops=ops,
         )
 
     @classmethod
@@ -275,6 +280,16 @@ def read_converter_file(path: Path, *, display: str | None = None) -> Converter:
     if source == target:
         raise ConverterFileError(file, f"source and target are both {source}", names["target"].lineno)
     has_ops = _check_code(names, file, reversible=meta.get("reversible", False))
+    ops = _read_ops(names["ops"], file) if has_ops else None
+    if ops is not None and meta.get("reversible", False) and invert(ops) is None:
+        culprit = next(op for op in ops if op.inverse() is None)
+        raise ConverterFileError(
+            file,
+            f"reversible = True, but {type(culprit).__name__} has no inverse; drop reversible "
+            "or write the inverse edge as its own file",
+            names["reversible"].lineno,
+        )
+    lossy = meta.get("lossy", False) or (ops is not None and any(op.is_lossy() for op in ops))
 
     doc = ast.get_docstring(tree)
     description = doc.strip().splitlines()[0] if doc and doc.strip() else f"{source} -> {target}"
@@ -284,21 +299,59 @@ def read_converter_file(path: Path, *, display: str | None = None) -> Converter:
         name=path.stem,
         description=description,
         file=file,
-        lossy=meta.get("lossy", False),
+        lossy=lossy,
         cost=meta.get("cost", 1.0),
         touches=meta.get("touches"),
         reversible=meta.get("reversible", False),
         kind="ops" if has_ops else "convert",
         digest=file_digest(data),
         has_when="when" in names,
+        ops=ops,
     )
+
+
+def _op_argument(node: ast.expr, file: str) -> object:
+    """Read a literal op argument; ``torch.float16`` becomes the dtype name ``"float16"``."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "torch":
+        return node.attr
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_op_argument(e, file) for e in node.elts]
+    return _literal(node, "an op argument", file)
+
+
+def _read_ops(stmt: ast.stmt, file: str) -> tuple[Op, ...]:
+    """Build the ops of ``ops = [...]`` from the syntax tree, without running the file."""
+    if not isinstance(stmt, ast.Assign | ast.AnnAssign) or stmt.value is None:
+        raise ConverterFileError(file, "ops must be a list of operations", stmt.lineno)
+    if not isinstance(stmt.value, ast.List | ast.Tuple):
+        raise ConverterFileError(
+            file,
+            "ops must be a literal list of op calls, e.g. [Rename(...), Drop(...)]",
+            stmt.lineno,
+        )
+    ops: list[Op] = []
+    for node in stmt.value.elts:
+        func = node.func if isinstance(node, ast.Call) else None
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        if not isinstance(node, ast.Call) or name not in OPS:
+            known = ", ".join(OPS)
+            raise ConverterFileError(file, f"each op must be a call of one of {known}", node.lineno)
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            raise ConverterFileError(file, f"{name}: no *args or **kwargs in ops", node.lineno)
+        args = [_op_argument(a, file) for a in node.args]
+        kwargs = {str(k.arg): _op_argument(k.value, file) for k in node.keywords}
+        try:
+            ops.append(OPS[name](*args, **kwargs))
+        except (OpError, TypeError) as exc:
+            raise ConverterFileError(file, f"{name}: {exc}", node.lineno) from None
+    if not ops:
+        raise ConverterFileError(file, "ops is empty", stmt.lineno)
+    return tuple(ops)
 
 
 def converter_files(directory: Path) -> list[Path]:
     """List the converter files of a directory: ``*.py`` not starting with ``_``, sorted."""
-    return sorted(
-        p for p in directory.iterdir() if p.suffix == ".py" and not p.name.startswith("_") and p.is_file()
-    )
+    return sorted(p for p in directory.iterdir() if p.suffix == ".py" and not p.name.startswith("_") and p.is_file())
 
 
 def read_converters(directory: str | Path) -> list[Converter]:

@@ -132,8 +132,7 @@ class NoPathError(GraphError):
         reach = _listing(self.reachable)
         reached = _listing(self.reaching)
         super().__init__(
-            f"no path from {source} to {target}: {source} reaches {reach}; "
-            f"{target} is reached from {reached}",
+            f"no path from {source} to {target}: {source} reaches {reach}; {target} is reached from {reached}",
         )
 
 

@@ -22,6 +22,7 @@ from packaging.version import Version
 from ckpt_path.checkpoint import Stamp, find_state_dict, get_state_dict, read_stamp, write_stamp
 from ckpt_path.converters import Converter, file_digest
 from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError
+from ckpt_path.ops import Op, OpError
 from ckpt_path.planner import Plan, Step
 from ckpt_path.shapes import Schema, ShapeDiff, TensorSpec, check_untouched, diff_signatures, signature
 
@@ -125,24 +126,43 @@ def _describe(exc: BaseException, file: str | None) -> str:
     return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
 
 
-def _code(converter: Converter) -> tuple[Callable[[Any], Any], Callable[[Any], Any] | None]:
+def _code(
+    converter: Converter,
+    sd_path: tuple[str, ...],
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any] | None]:
+    """Return the step's convert function and its ``when`` guard."""
+    if converter.ops is not None:
+        module = load_converter_code(converter) if converter.has_when else None
+        when = getattr(module, "when", None)
+        return _ops_convert(converter.ops, sd_path), when if callable(when) else None
     if converter.convert is not None:
         return converter.convert, converter.when
-    if converter.kind == "ops":
-        raise StepError(
-            str(converter.source),
-            str(converter.target),
-            converter.origin,
-            "ops converters are not supported by this version of ckpt-path",
-        )
     module = load_converter_code(converter)
     convert = getattr(module, "convert", None)
     if not callable(convert):
-        raise StepError(
-            str(converter.source), str(converter.target), converter.origin, "convert is not callable"
-        )
+        raise StepError(str(converter.source), str(converter.target), converter.origin, "convert is not callable")
     when = getattr(module, "when", None)
     return convert, when if callable(when) else None
+
+
+def _ops_convert(ops: Sequence[Op], sd_path: tuple[str, ...]) -> Callable[[Any], Any]:
+    """Turn ops into a convert function that checks each op's result against its prediction."""
+
+    def convert(checkpoint: Any) -> Any:  # noqa: ANN401
+        state_dict = get_state_dict(checkpoint, sd_path)
+        for index, op in enumerate(ops, 1):
+            try:
+                expected = op.predict(signature(state_dict))
+                op.apply(state_dict)
+            except OpError as exc:
+                raise OpError(f"op {index} {op!r}: {exc}") from None
+            got = signature(state_dict)
+            if got != expected:
+                problems = check_untouched(expected, got, ())
+                raise OpError(f"op {index} {op!r} did not do what it predicts: {'; '.join(problems[:5])}")
+        return checkpoint
+
+    return convert
 
 
 def run(  # noqa: PLR0913 - each option is a documented knob of a run
@@ -199,7 +219,7 @@ def _run_step(
     src, tgt, origin = str(step.source), str(step.target), converter.origin
     started = time.perf_counter()
     before = signature(get_state_dict(checkpoint, sd_path))
-    convert, when = _code(converter)
+    convert, when = _code(converter, sd_path)
     applied = True
     try:
         if when is not None and not when(checkpoint):
@@ -208,17 +228,15 @@ def _run_step(
             output = convert(checkpoint)
     except CkptPathError:
         raise
+    except OpError as exc:
+        raise StepError(src, tgt, origin, str(exc)) from None
     except Exception as exc:
         raise StepError(src, tgt, origin, _describe(exc, converter.file)) from exc
     if applied:
         if output is None:
-            raise StepError(
-                src, tgt, origin, "convert returned None; return the checkpoint (mutating it is fine)"
-            )
+            raise StepError(src, tgt, origin, "convert returned None; return the checkpoint (mutating it is fine)")
         if not isinstance(output, Mapping):
-            raise StepError(
-                src, tgt, origin, f"convert returned a {type(output).__name__}, not a checkpoint dict"
-            )
+            raise StepError(src, tgt, origin, f"convert returned a {type(output).__name__}, not a checkpoint dict")
         checkpoint = output
     try:
         state_dict = get_state_dict(checkpoint, sd_path)
@@ -249,6 +267,8 @@ def _check_step(
     src, tgt, origin = str(step.source), str(step.target), converter.origin
     checked: list[str] = []
     problems: list[str] = []
+    if converter.ops is not None:
+        checked.append("ops")  # each op's result was compared with its predicted shapes
     if converter.touches is not None:
         checked.append("touches")
         problems += check_untouched(before, after, converter.touches)

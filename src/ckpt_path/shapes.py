@@ -215,9 +215,7 @@ def _parse_entry(key: str, raw: object, file: str) -> SchemaEntry:
     dtype = raw.get("dtype")
     if shape is not None and (
         not isinstance(shape, list)
-        or not all(
-            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or isinstance(d, str) for d in shape
-        )
+        or not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or isinstance(d, str) for d in shape)
     ):
         raise CheckpointError(f"{file}: {key}: shape must be a list of sizes and dimension names")
     if dtype is not None and not isinstance(dtype, str):

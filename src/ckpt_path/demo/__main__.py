@@ -51,9 +51,7 @@ def _ckpt_path(*args: str, expect_failure: bool = False) -> str:
     return text
 
 
-def _forecast(
-    checkpoint_file: Path, version: str, fields: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def _forecast(checkpoint_file: Path, version: str, fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ckpt = torch.load(checkpoint_file, weights_only=True)
     if ckpt["hyper_parameters"]["features"] != FEATURES[version]:
         _say(f"demo: {checkpoint_file} records features {ckpt['hyper_parameters']['features']}")
@@ -111,10 +109,7 @@ def main() -> None:
     if worst > TOLERANCE:
         _say("\ndemo: FAILED, a converted checkpoint forecasts differently")
         sys.exit(1)
-    _say(
-        "\nDemo passed: every converted checkpoint loads with strict=True and forecasts like 0.1.0. "
-        f"Files in {OUT}/"
-    )
+    _say(f"\nDemo passed: every converted checkpoint loads with strict=True and forecasts like 0.1.0. Files in {OUT}/")
 
 
 if __name__ == "__main__":

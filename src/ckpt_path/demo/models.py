@@ -280,9 +280,7 @@ def disarrange(output: Tensor, version: str) -> dict[str, Tensor]:
     """
     order = _features(version)
     if output.shape[-1] != len(order):
-        raise ValueError(
-            f"version {version} has {len(order)} features, got a last dimension of {output.shape[-1]}"
-        )
+        raise ValueError(f"version {version} has {len(order)} features, got a last dimension of {output.shape[-1]}")
     return {name: output[..., index] for index, name in enumerate(order)}
 
 

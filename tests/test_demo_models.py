@@ -1,28 +1,35 @@
 """Every converter of the example history keeps the demo model's forecasts, feature by feature.
 
-Each converter file is imported, run on a trained checkpoint of its source version, and the
-result is loaded strictly into the model of its target version; both models then forecast the
-same named fields. They run in float64, so rounding noise from a reordered sum stays near
-1e-16 and the tolerance can stay tight; wrong conversions miss by far more (asserted below).
+Each edge of the graph (inverse edges of reversible files included) runs through the runner
+on a trained checkpoint of its source version, and the result is loaded strictly into the
+model of its target version; both models then forecast the same named fields. They run in
+float64, so rounding noise from a reordered sum stays near 1e-16 and the tolerance can stay
+tight; wrong conversions miss by far more (asserted below).
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 
+from ckpt_path import Converter, Registry
 from ckpt_path.demo.models import FEATURES, MODELS, arrange, disarrange, make_checkpoint, make_fields, outputs
+from ckpt_path.testing import run_edge
 
 CONVERTERS_DIR = Path(__file__).resolve().parents[1] / "converters"
-CONVERTER_FILES = sorted(p for p in CONVERTERS_DIR.glob("*.py") if not p.name.startswith("_"))
+REGISTRY = Registry.from_directory(CONVERTERS_DIR)
+EDGES: list[Converter] = sorted(
+    (data["converter"] for _, _, data in REGISTRY.graph.edges(data=True)),
+    key=lambda c: (c.source, c.target),
+)
+"""Every edge of the example graph, inverse edges of reversible files included."""
+LOSSY_EDGES = [c for c in EDGES if c.lossy]
 
 SEED = 1
 TRAIN_STEPS = 3
@@ -36,20 +43,14 @@ small, so that bug hides well) and 1e-2 to 0.7 for the others.
 """
 
 
-def _load_converter(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_converter_{path.stem}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _edge_id(converter: Converter) -> str:
+    return f"{converter.source}->{converter.target}"
 
 
-def _lossy(path: Path) -> bool:
-    return bool(getattr(_load_converter(path), "lossy", False))
-
-
-LOSSY_FILES = [p for p in CONVERTER_FILES if _lossy(p)]
+def _convert(converter: Converter, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Run one edge through the runner (shape checks and schemas included) on a copy."""
+    result: dict[str, Any] = run_edge(REGISTRY, str(converter.source), str(converter.target), ckpt)
+    return result
 
 
 def _model(version: str, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -72,52 +73,49 @@ def _difference(source: str, source_sd: dict, target: str, target_sd: dict) -> f
     return max((before[name] - after[name]).abs().max().item() for name in before)
 
 
-def _dropped(converter: ModuleType, ckpt: dict[str, Any]) -> list[str]:
+def _dropped(converter: Converter, ckpt: dict[str, Any]) -> list[str]:
     """State-dict keys that ``converter`` removes from ``ckpt``."""
-    converted = converter.convert(copy.deepcopy(ckpt))
+    converted = _convert(converter, ckpt)
     return sorted(ckpt["state_dict"].keys() - converted["state_dict"].keys())
 
 
 def test_every_converter_version_has_a_model():
     """The demo models are exactly the versions the example converters connect."""
-    versions = set()
-    for path in CONVERTER_FILES:
-        converter = _load_converter(path)
-        versions |= {converter.source, converter.target}
+    versions = {str(v) for v in REGISTRY.versions}
     assert versions == set(MODELS) == set(FEATURES)
 
 
 def test_example_history_declares_its_lossy_step():
-    """The one step that throws a trained parameter away, 009, is the one declared lossy."""
-    assert [p.name for p in LOSSY_FILES] == ["009_drop_output_scale.py"]
+    """The one step that throws a trained parameter away, dropping the output scale, is lossy."""
+    assert [_edge_id(c) for c in LOSSY_EDGES] == ["1.1.0->1.0.0"]
 
 
-@pytest.mark.parametrize("path", CONVERTER_FILES, ids=lambda p: p.stem)
-def test_converter_keeps_forecasts(path):
+@pytest.mark.parametrize("converter", EDGES, ids=_edge_id)
+def test_converter_keeps_forecasts(converter):
     """A converted trained checkpoint loads strictly into the target model and forecasts the same."""
-    converter = _load_converter(path)
-    ckpt = make_checkpoint(converter.source, seed=SEED, train_steps=TRAIN_STEPS)
-    if getattr(converter, "lossy", False):
+    source, target = str(converter.source), str(converter.target)
+    ckpt = make_checkpoint(source, seed=SEED, train_steps=TRAIN_STEPS)
+    if converter.lossy:
         # A lossy step may only lose what training put into the parameters it drops: give
         # them their initial values, as in a model that never trained them.
-        initial = make_checkpoint(converter.source, seed=SEED)["state_dict"]
+        initial = make_checkpoint(source, seed=SEED)["state_dict"]
         for key in _dropped(converter, ckpt):
             ckpt["state_dict"][key] = initial[key].clone()
-    converted = converter.convert(copy.deepcopy(ckpt))["state_dict"]
-    assert _difference(converter.source, ckpt["state_dict"], converter.target, converted) <= SAME
+    converted = _convert(converter, ckpt)["state_dict"]
+    assert _difference(source, ckpt["state_dict"], target, converted) <= SAME
 
 
-@pytest.mark.parametrize("path", LOSSY_FILES, ids=lambda p: p.stem)
-def test_lossy_converter_loses_trained_parameters(path):
+@pytest.mark.parametrize("converter", LOSSY_EDGES, ids=_edge_id)
+def test_lossy_converter_loses_trained_parameters(converter):
     """With the dropped parameters trained, a lossy step changes the forecasts."""
-    converter = _load_converter(path)
-    ckpt = make_checkpoint(converter.source, seed=SEED, train_steps=TRAIN_STEPS)
-    initial = make_checkpoint(converter.source, seed=SEED)["state_dict"]
+    source, target = str(converter.source), str(converter.target)
+    ckpt = make_checkpoint(source, seed=SEED, train_steps=TRAIN_STEPS)
+    initial = make_checkpoint(source, seed=SEED)["state_dict"]
     dropped = _dropped(converter, ckpt)
     assert dropped
     assert all(not torch.equal(ckpt["state_dict"][key], initial[key]) for key in dropped)
-    converted = converter.convert(copy.deepcopy(ckpt))["state_dict"]
-    assert _difference(converter.source, ckpt["state_dict"], converter.target, converted) > DIFFERENT
+    converted = _convert(converter, ckpt)["state_dict"]
+    assert _difference(source, ckpt["state_dict"], target, converted) > DIFFERENT
 
 
 MSL_MOVED = [0, 3, 1, 2, 4, 5]
@@ -218,7 +216,7 @@ def test_checkpoint_loads_with_weights_only(version):
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)
     assert loaded["global_step"] == TRAIN_STEPS
-    assert loaded["hyper_parameters"] == {"hidden": 16, "features": FEATURES[version]}
+    assert loaded["hyper_parameters"] == {"hidden": 16}
     assert len(loaded["optimizer_states"]) == 1
     assert loaded["state_dict"].keys() == ckpt["state_dict"].keys()
     assert all(torch.equal(loaded["state_dict"][k], v) for k, v in ckpt["state_dict"].items())

@@ -442,6 +442,51 @@ def schema(
     typer.echo(f"wrote {written}")
 
 
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="What the step does, e.g. fuse_qkv (becomes the file name).")],
+    source: Annotated[str, typer.Option("--from", help="Version the converter starts from.")],
+    target: Annotated[str, typer.Option("--to", help="Version the converter lands on.")],
+    converters: ConvertersOption = None,
+    ops: Annotated[
+        bool,
+        typer.Option("--ops", help="Scaffold declarative ops (reversible) instead of a convert function."),
+    ] = False,
+) -> None:
+    """Scaffold a documented converter file NNN_NAME.py in the converters directory.
+
+    Examples: ckpt-path new rename_head --from 1.1.0 --to 1.2.0;  ckpt-path new fuse_qkv --from 1.0 --to 1.1 --ops
+    """
+    from ckpt_path.check import scaffold_converter
+    from ckpt_path.registry import find_converters_dir
+
+    with _user_errors():
+        path = scaffold_converter(find_converters_dir(converters), name, source, target, ops=ops)
+    typer.echo(f"wrote {path}; edit it, then run `ckpt-path check`")
+
+
+@app.command()
+def check(converters: ConvertersOption = None) -> None:
+    """Lint the converters directory; exit 1 on any problem (for CI and pre-commit).
+
+    Finds files that do not parse or import, bad metadata, duplicate edges, versions that
+    cannot reach latest, reversible files whose round trip is not bitwise identical, and two
+    paths between the same versions that give different tensors. The last two run on
+    synthetic checkpoints built from schemas/<version>.json.
+    """
+    from ckpt_path.check import check_directory
+
+    with _user_errors():
+        findings = check_directory(converters)
+    problems = [f for f in findings if f.problem]
+    for finding in findings:
+        typer.echo(("error: " if finding.problem else "note: ") + str(finding), err=finding.problem)
+    if problems:
+        typer.echo(f"{len(problems)} problem(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo("converters OK")
+
+
 def main() -> None:
     """Entry point of the console script."""
     app(prog_name="ckpt-path")

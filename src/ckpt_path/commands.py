@@ -5,7 +5,6 @@ The command line is a thin shell over these; a project calls them from Python th
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from collections import Counter
@@ -232,6 +231,6 @@ def capture_schema(
         raise OutputExistsError(str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(schema.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(schema.to_json(), encoding="utf-8")
     tmp.replace(out)
     return out

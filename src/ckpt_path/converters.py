@@ -359,10 +359,10 @@ def read_converters(directory: str | Path) -> list[Converter]:
     root = Path(directory)
     if not root.is_dir():
         raise ConverterFileError(str(root), "converters directory not found")
-    return [read_converter_file(p, display=_display(p)) for p in converter_files(root)]
+    return [read_converter_file(p, display=display_path(p)) for p in converter_files(root)]
 
 
-def _display(path: Path) -> str:
+def display_path(path: Path) -> str:
     """Show a path relative to the working directory when it lies below it."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))

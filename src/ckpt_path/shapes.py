@@ -180,6 +180,13 @@ class Schema:
             tensors[e.key] = item
         return {"version": self.version, "tensors": tensors}
 
+    def to_json(self) -> str:
+        """Return the schema as JSON text, one key per line so diffs stay readable."""
+        body = self.to_dict()["tensors"]
+        lines = [f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in body.items()]
+        inner = ",\n".join(lines)
+        return f'{{\n  "version": {json.dumps(self.version)},\n  "tensors": {{\n{inner}\n  }}\n}}\n'
+
     @classmethod
     def from_signature(cls, version: str, sig: Mapping[str, TensorSpec]) -> Schema:
         """Capture a schema with concrete shapes from a real state dict's signature."""

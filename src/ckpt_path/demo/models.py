@@ -334,8 +334,7 @@ def make_checkpoint(version: str, seed: int = 0, train_steps: int = 0) -> dict[s
     With ``train_steps`` > 0 the model first takes that many Adam steps on synthetic data, so
     its parameters move off their initial values and the checkpoint carries
     ``optimizer_states``; otherwise that list is empty. Everything inside loads with
-    ``torch.load(weights_only=True)``. ``hyper_parameters["features"]`` records the
-    version's feature order.
+    ``torch.load(weights_only=True)``.
     """
     model = make_model(version, seed)
     optimizers = [_train(model, version, train_steps, seed).state_dict()] if train_steps else []
@@ -344,5 +343,5 @@ def make_checkpoint(version: str, seed: int = 0, train_steps: int = 0) -> dict[s
         "global_step": train_steps,
         "state_dict": model.state_dict(),
         "optimizer_states": optimizers,
-        "hyper_parameters": {"hidden": HIDDEN, "features": list(_features(version))},
+        "hyper_parameters": {"hidden": HIDDEN},
     }

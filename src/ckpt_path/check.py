@@ -1,0 +1,298 @@
+"""Lint a converters directory, and scaffold new converter files.
+
+:func:`check_directory` finds every problem at once (for CI and pre-commit), rather than
+stopping at the first: files that do not parse or import, bad metadata, duplicate edges,
+versions that cannot reach ``latest``, reversible files whose round trip is not bitwise
+identical, and different paths between two versions that give different tensors. The last
+two run on synthetic checkpoints built from schemas, so they need ``schemas/<version>.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from packaging.version import Version
+
+from ckpt_path.converters import Converter, converter_files, display_path, read_converter_file
+from ckpt_path.errors import CkptPathError, ConverterFileError, VersionError
+from ckpt_path.graph import build_graph
+from ckpt_path.planner import Plan, Step
+from ckpt_path.registry import Registry, find_converters_dir
+from ckpt_path.shapes import Schema
+from ckpt_path.versions import parse_version
+
+__all__ = ["Finding", "check_directory", "scaffold_converter"]
+
+MAX_PATHS = 8
+"""How many alternative paths between two versions are compared."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """One thing ``check`` found: a problem (exit 1) or a note."""
+
+    file: str
+    message: str
+    line: int | None = None
+    problem: bool = True
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.message}"
+
+
+def _read_all(directory: Path) -> tuple[list[Converter], list[Finding]]:
+    converters, findings = [], []
+    for path in converter_files(directory):
+        try:
+            converters.append(read_converter_file(path, display=display_path(path)))
+        except ConverterFileError as exc:
+            findings.append(Finding(file=exc.file, line=exc.line, message=exc.reason))
+    return converters, findings
+
+
+def _imports(converters: list[Converter]) -> list[Finding]:
+    from ckpt_path.runner import load_converter_code
+
+    findings = []
+    for converter in converters:
+        if converter.kind == "ops" and not converter.has_when:
+            continue  # ops are built from the syntax tree; nothing to import
+        try:
+            module = load_converter_code(converter)
+        except CkptPathError as exc:
+            findings.append(Finding(file=converter.origin, message=str(exc).split(": ", 1)[-1]))
+            continue
+        if converter.kind == "convert" and not callable(getattr(module, "convert", None)):
+            findings.append(Finding(file=converter.origin, message="convert is not a function"))
+    return findings
+
+
+def _duplicates(converters: list[Converter]) -> tuple[list[Converter], list[Finding]]:
+    """Find edges claimed twice; return the converters to keep (first claim wins) and findings."""
+    by_edge: dict[tuple[Version, Version], list[Converter]] = defaultdict(list)
+    for converter in converters:
+        for edge in [converter, converter.inverted()] if converter.reversible else [converter]:
+            by_edge[edge.edge].append(edge)
+    findings = []
+    for (source, target), edges in sorted(by_edge.items()):
+        if len(edges) > 1:
+            names = " and ".join(e.origin + (" (inverse)" if e.inverse else "") for e in edges)
+            findings.append(
+                Finding(file=edges[-1].origin, message=f"two converters for {source} -> {target}: {names}"),
+            )
+    unique, taken = [], set()
+    for converter in converters:
+        claimed = [converter.edge] + ([converter.inverted().edge] if converter.reversible else [])
+        if not any(e in taken for e in claimed):
+            taken.update(claimed)
+            unique.append(converter)
+    return unique, findings
+
+
+def _reach_latest(registry: Registry) -> list[Finding]:
+    graph = registry.graph
+    mainline = [v for v in graph.nodes if v.local is None]
+    if not mainline:
+        return [Finding(file=str(registry.directory), message="no version without a local label: no latest")]
+    latest = max(mainline)
+    reaching = nx.ancestors(graph, latest) | {latest}
+    findings = []
+    for version in sorted(set(graph.nodes) - reaching):
+        files = sorted(
+            {graph.edges[e]["converter"].origin for e in graph.in_edges(version)}
+            | {graph.edges[e]["converter"].origin for e in graph.out_edges(version)}
+        )
+        findings.append(
+            Finding(file=files[0], message=f"version {version} cannot reach latest ({latest})"),
+        )
+    return findings
+
+
+def _round_trips(registry: Registry) -> list[Finding]:
+    from ckpt_path.testing import assert_round_trip, synthetic_checkpoint
+
+    findings = []
+    for converter in registry.converters:
+        if not converter.reversible:
+            continue
+        source, target = str(converter.source), str(converter.target)
+        if registry.schema(source) is None and registry.schema(target) is None:
+            findings.append(
+                Finding(
+                    file=converter.origin,
+                    problem=False,
+                    message=f"round trip not checked: no schema for {source} or {target}",
+                ),
+            )
+            continue
+        try:
+            source_schema, target_schema = registry.schema(source), registry.schema(target)
+            if source_schema is not None:
+                assert_round_trip(registry, source, target, synthetic_checkpoint(source_schema))
+            elif target_schema is not None:
+                assert_round_trip(registry, target, source, synthetic_checkpoint(target_schema))
+        except (AssertionError, CkptPathError) as exc:
+            findings.append(
+                Finding(file=converter.origin, message=f"round trip {source} -> {target} -> {source} fails: {exc}"),
+            )
+    return findings
+
+
+def _run_paths(
+    registry: Registry,
+    lossless: nx.DiGraph,
+    paths: list[list[Version]],
+    schema: Schema,
+) -> tuple[list[tuple[list[Version], Any]], list[Finding]]:
+    """Run each path on the same synthetic checkpoint; return the results and notes."""
+    from ckpt_path.runner import run
+    from ckpt_path.testing import synthetic_checkpoint
+
+    results, notes = [], []
+    for nodes in sorted(paths, key=lambda p: (len(p), p)):
+        steps = tuple(Step(converter=lossless.edges[u, v]["converter"]) for u, v in itertools.pairwise(nodes))
+        plan = Plan(source=nodes[0], target=nodes[-1], steps=steps)
+        try:
+            results.append((nodes, run(plan, synthetic_checkpoint(schema), schemas=registry.schema).checkpoint))
+        except CkptPathError as exc:
+            notes.append(Finding(file=steps[0].converter.origin, problem=False, message=f"path not compared: {exc}"))
+    return results, notes
+
+
+def _path_agreement(registry: Registry) -> list[Finding]:
+    """Compare different lossless paths between two versions where they part and meet again."""
+    from ckpt_path.testing import assert_equal_checkpoints
+
+    graph = registry.graph
+    lossless = nx.DiGraph([(u, v, d) for u, v, d in graph.edges(data=True) if not d["converter"].lossy])
+    findings = []
+    for source, target in itertools.permutations(sorted(lossless.nodes), 2):
+        schema = registry.schema(source)
+        paths = list(itertools.islice(nx.all_simple_paths(lossless, source, target), MAX_PATHS)) if schema else []
+        if len(paths) < 2 or schema is None:  # noqa: PLR2004 - agreement needs two paths
+            continue
+        results, notes = _run_paths(registry, lossless, paths, schema)
+        findings += notes
+        for other, got in results[1:]:
+            first, expected = results[0]
+            if other[1] == first[1] or set(other[1:-1]) & set(first[1:-1]):
+                continue  # the paths do not part at the source: a shorter pair reports it
+            try:
+                assert_equal_checkpoints(expected, got)
+            except AssertionError as exc:
+                shown = " -> ".join(map(str, first)), " -> ".join(map(str, other))
+                findings.append(
+                    Finding(
+                        file=graph.edges[other[0], other[1]]["converter"].origin,
+                        message=f"paths {shown[0]} and {shown[1]} give different checkpoints: {exc}",
+                    ),
+                )
+    return findings
+
+
+def check_directory(directory: str | Path | None = None) -> list[Finding]:
+    """Lint a converters directory; return every finding (problems and notes), sorted by file."""
+    root = find_converters_dir(directory)
+    if not root.is_dir():
+        return [Finding(file=str(root), message="converters directory not found")]
+    converters, findings = _read_all(root)
+    findings += _imports(converters)
+    unique, duplicates = _duplicates(converters)
+    findings += duplicates
+    registry = Registry(unique, directory=root)
+    try:
+        build_graph(unique)
+    except CkptPathError as exc:
+        return [*findings, Finding(file=str(root), message=str(exc))]
+    findings += _reach_latest(registry)
+    try:
+        findings += _round_trips(registry)
+        findings += _path_agreement(registry)
+    except CkptPathError as exc:  # e.g. a damaged schema file
+        findings.append(Finding(file=str(root), message=str(exc)))
+    return sorted(findings, key=lambda f: (f.file, f.line or 0, f.message))
+
+
+_CONVERT_TEMPLATE = '''"""{description}"""
+
+source = "{source}"
+target = "{target}"
+# Glob patterns of the state-dict keys this step may add, remove, reshape or re-type.
+# Every other key must come through with the same shape and dtype (checked after the step).
+touches = []
+# lossy = True     # the step throws information away (used only where no lossless path exists)
+# cost = 1.0       # edge weight for the planner
+
+
+def convert(ckpt):
+    """Take a {source} checkpoint and return it as {target} would save it (mutating is fine)."""
+    sd = ckpt["state_dict"]  # ckpt["model"], or ckpt itself for a flat state dict
+    # Example: sd["new.name"] = sd.pop("old.name")
+    del sd  # remove once the step does something
+    return ckpt
+
+
+# def when(ckpt):
+#     """Guard: return False to leave checkpoints this step does not apply to unchanged."""
+#     return True
+'''
+
+_OPS_TEMPLATE = '''"""{description}"""
+
+from ckpt_path.ops import Add, Cast, Concat, Drop, MoveIndex, Permute, Rename, Reshape, Split  # noqa: F401
+
+source = "{source}"
+target = "{target}"
+reversible = True  # registers {target} -> {source} too; needs every op to have an inverse (not Drop)
+
+# Read without running this file. Keys are templates: {{name}} matches one dotted segment.
+#   Rename("layers.{{i}}.attn.{{p}}", "layers.{{i}}.self_attn.{{p}}")
+#   MoveIndex("embedder.0.weight", dim=1, index=49, to=34)
+#   Concat(["attn.q.{{p}}", "attn.k.{{p}}", "attn.v.{{p}}"], into="attn.qkv.{{p}}", dim=0)
+#   Split("attn.qkv.{{p}}", into=["attn.q.{{p}}", "attn.k.{{p}}", "attn.v.{{p}}"], dim=0)
+#   Permute("conv.weight", dims=[1, 0, 2, 3]); Reshape("w", shape=[4, -1], source_shape=[16])
+#   Add("head.scale", shape=[6], fill=1.0); Drop("aux.*"); Cast("*.weight", "float16", source_dtype="float32")
+ops = [
+    Rename("OLD.{{p}}", "NEW.{{p}}"),
+]
+'''
+
+
+def scaffold_converter(
+    directory: str | Path,
+    name: str,
+    source: str,
+    target: str,
+    *,
+    ops: bool = False,
+) -> Path:
+    """Write a documented converter file ``NNN_name.py`` for ``source -> target``; return its path."""
+    root = Path(directory)
+    src, tgt = parse_version(source), parse_version(target)
+    if src == tgt:
+        raise VersionError(target, "source and target are the same version")
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    if not slug:
+        raise ConverterFileError(name, "a converter name needs letters or digits")
+    root.mkdir(parents=True, exist_ok=True)
+    existing, findings = _read_all(root)
+    del findings  # a broken neighbour does not stop scaffolding; `check` reports it
+    for converter in existing:
+        for edge in [converter, converter.inverted()] if converter.reversible else [converter]:
+            if edge.edge == (src, tgt):
+                raise ConverterFileError(converter.origin, f"already converts {src} -> {tgt}")
+    numbers = [int(m.group(1)) for p in root.glob("*.py") if (m := re.match(r"(\d+)_", p.name))]
+    path = root / f"{(max(numbers) + 1) if numbers else 1:03d}_{slug}.py"
+    template = _OPS_TEMPLATE if ops else _CONVERT_TEMPLATE
+    description = name.replace("_", " ").strip().capitalize().rstrip(".") + "."
+    text = template.format(description=description, source=src, target=tgt)
+    with path.open("x", encoding="utf-8") as handle:
+        handle.write(text)
+    return path

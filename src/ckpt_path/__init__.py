@@ -61,6 +61,10 @@ def __getattr__(name: str) -> object:
     raise AttributeError(msg)
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "CheckpointError",
     "CkptPathError",

@@ -101,28 +101,50 @@ def _registry(converters: Path | None) -> Registry:
 def plan(
     source: Annotated[
         str,
-        typer.Argument(help="Version to start from (or `latest`, `LABEL@latest`), or a checkpoint file."),
+        typer.Argument(
+            metavar="SOURCE",
+            help="Version to start from (or `latest`, `LABEL@latest`), or a checkpoint file.",
+        ),
     ],
-    target: Annotated[str, typer.Argument(help="Version to reach: a version, `latest` or `LABEL@latest`.")],
+    target: Annotated[
+        str,
+        typer.Argument(metavar="TARGET", help="Version to reach: a version, `latest` or `LABEL@latest`."),
+    ],
     converters: ConvertersOption = None,
     allow_lossy: AllowLossyOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Print the path from SOURCE to TARGET: the converters that would run, in order.
+    r"""Print the path from SOURCE to TARGET: the converters that would run, in order.
 
     SOURCE may be a checkpoint file: its stamp gives the version.
 
-    Examples: ckpt-path plan 0.1.0 latest;  ckpt-path plan model.ckpt lam@latest --json
+    \b
+    Examples:
+      ckpt-path plan 0.1.0 latest
+      ckpt-path plan model.ckpt lam@latest --json
     """
     with _user_errors():
         registry = _registry(converters)
-        if Path(source).is_file():
+        if Path(source).is_file() and not _is_version_text(source):
             source = _stamped_version(Path(source))
         result = registry.plan(source, target, allow_lossy=allow_lossy)
     if as_json:
         typer.echo(result.to_json())
         return
     _print_plan(result)
+
+
+def _is_version_text(text: str) -> bool:
+    from ckpt_path.errors import VersionError
+    from ckpt_path.versions import LATEST, parse_version
+
+    if text == LATEST or text.endswith("@" + LATEST):
+        return True
+    try:
+        parse_version(text)
+    except VersionError:
+        return False
+    return True
 
 
 def _stamped_version(path: Path) -> str:
@@ -168,9 +190,11 @@ def graph(
     converters: ConvertersOption = None,
     fmt: Annotated[GraphFormat, typer.Option("--format", help="text, mermaid or dot.")] = GraphFormat.text,
 ) -> None:
-    """Print the version graph: every converter as an edge SOURCE -> TARGET.
+    r"""Print the version graph: every converter as an edge SOURCE -> TARGET.
 
-    Example: ckpt-path graph --format mermaid > graph.mmd
+    \b
+    Example:
+      ckpt-path graph --format mermaid > graph.mmd
     """
     from ckpt_path.graph import render_graph
 
@@ -244,12 +268,17 @@ def convert(
     safe_global: SafeGlobalOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Convert a checkpoint to another version, checking shapes after every step.
+    r"""Convert a checkpoint to another version, checking shapes after every step.
 
     The result is written to a temporary file beside OUTPUT and renamed into place only when
     every step succeeded, so a failure never leaves a half-written OUTPUT.
 
-    Examples: ckpt-path convert old.ckpt -o new.ckpt;  ckpt-path convert old.ckpt --dry-run --to 1.0.0
+    \b
+    Examples:
+      ckpt-path convert old.ckpt -o new.ckpt
+      ckpt-path convert old.ckpt -o new.ckpt --to lam@latest
+      ckpt-path convert old.ckpt --dry-run --to 1.0.0
+      ckpt-path convert weights.pt -o new.pt --from 0.3.0   # a checkpoint without a stamp
     """
     from ckpt_path.commands import convert_file
 
@@ -384,7 +413,7 @@ def _human_bytes(n: int) -> str:
 @app.command()
 def stamp(
     checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="Checkpoint to stamp.")],
-    version: Annotated[str, typer.Argument(help="The version of the code that wrote CKPT.")],
+    version: Annotated[str, typer.Argument(metavar="VERSION", help="The version of the code that wrote CKPT.")],
     output: Annotated[
         Path | None,
         typer.Option(
@@ -444,7 +473,10 @@ def schema(
 
 @app.command()
 def new(
-    name: Annotated[str, typer.Argument(help="What the step does, e.g. fuse_qkv (becomes the file name).")],
+    name: Annotated[
+        str,
+        typer.Argument(metavar="NAME", help="What the step does, e.g. fuse_qkv (becomes the file name)."),
+    ],
     source: Annotated[str, typer.Option("--from", help="Version the converter starts from.")],
     target: Annotated[str, typer.Option("--to", help="Version the converter lands on.")],
     converters: ConvertersOption = None,
@@ -453,9 +485,12 @@ def new(
         typer.Option("--ops", help="Scaffold declarative ops (reversible) instead of a convert function."),
     ] = False,
 ) -> None:
-    """Scaffold a documented converter file NNN_NAME.py in the converters directory.
+    r"""Scaffold a documented converter file NNN_NAME.py in the converters directory.
 
-    Examples: ckpt-path new rename_head --from 1.1.0 --to 1.2.0;  ckpt-path new fuse_qkv --from 1.0 --to 1.1 --ops
+    \b
+    Examples:
+      ckpt-path new rename_head --from 1.1.0 --to 1.2.0
+      ckpt-path new fuse_qkv --from 1.2.0 --to 1.3.0 --ops
     """
     from ckpt_path.check import scaffold_converter
     from ckpt_path.registry import find_converters_dir

@@ -118,6 +118,8 @@ class Converter:
     ) -> Converter:
         """Make a converter from a function, for libraries and tests."""
         src, tgt = parse_version(source), parse_version(target)
+        if src == tgt:
+            raise VersionError(str(target), f"a converter needs two different versions, got {src} twice")
         _check_cost(cost, "cost", "<code>", None)
         doc = inspect.getdoc(convert) or ""
         return cls(

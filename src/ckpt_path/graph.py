@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import networkx as nx
-from packaging.version import Version
 
 from ckpt_path.converters import Converter
 from ckpt_path.errors import DuplicateConverterError
@@ -51,10 +50,6 @@ def _sorted_edges(graph: nx.DiGraph) -> list[Converter]:
     )
 
 
-def _node_id(version: Version) -> str:
-    return "v_" + "".join(ch if ch.isalnum() else "_" for ch in str(version))
-
-
 def render_graph(graph: nx.DiGraph, fmt: str = "text") -> str:
     """Render the graph as ``text``, ``mermaid`` or ``dot``."""
     edges = _sorted_edges(graph)
@@ -70,11 +65,12 @@ def render_graph(graph: nx.DiGraph, fmt: str = "text") -> str:
         lines.extend(f"{v} (no converters)" for v in isolated)
         return "\n".join(lines)
     if fmt == "mermaid":
+        ids = {v: f"v{i}" for i, v in enumerate(nodes)}  # versions are not valid mermaid ids
         lines = ["graph LR"]
-        lines += [f'    {_node_id(v)}["{v}"]' for v in nodes]
+        lines += [f'    {ids[v]}["{v}"]' for v in nodes]
         for c in edges:
             arrow = "-.->" if c.lossy else "-->"
-            lines.append(f"    {_node_id(c.source)} {arrow}|{c.name}| {_node_id(c.target)}")
+            lines.append(f"    {ids[c.source]} {arrow}|{c.name}| {ids[c.target]}")
         return "\n".join(lines)
     if fmt == "dot":
         lines = ["digraph versions {", "    rankdir=LR;"]

@@ -53,7 +53,7 @@ def resolve_target(text: str, versions: Iterable[Version]) -> Version:
             raise UnknownVersionError(LATEST, [str(v) for v in sorted(known)[-3:]])
         return max(mainline)
     if text.endswith("@" + LATEST):
-        label = text[: -len("@" + LATEST)]
+        label = text[: -len("@" + LATEST)].lower()  # PEP 440 lowercases local labels
         if not label:
             raise VersionError(text, "LABEL@latest needs a branch label before '@'")
         on_branch = [v for v in known if branch_of(v) == label]

@@ -28,6 +28,7 @@ from ckpt_path.errors import (
     OutputExistsError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,
+    VersionError,
 )
 from ckpt_path.versions import parse_version
 
@@ -168,7 +169,10 @@ def read_stamp(obj: object, state_dict_path: Sequence[str] = ()) -> Stamp | None
         return None
     if not isinstance(raw, Mapping) or not isinstance(raw.get("version"), str):
         raise CheckpointError(f"the {STAMP_KEY} stamp is damaged: {raw!r:.200}")
-    parse_version(raw["version"])
+    try:
+        parse_version(raw["version"])
+    except VersionError as exc:
+        raise CheckpointError(f"the {STAMP_KEY} stamp is damaged: {exc}") from None
     history = raw.get("history") or []
     return Stamp(version=raw["version"], history=tuple(dict(h) for h in history if isinstance(h, Mapping)))
 
@@ -230,11 +234,12 @@ def load_checkpoint(
         with torch.serialization.safe_globals(allowed):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as exc:
-        raise _unpickling_error(name, exc) from None
-    except (RuntimeError, EOFError, ValueError, OSError, UnicodeDecodeError, IndexError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _unpickling_error(name, exc, zipped=zipped) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types on foreign or damaged files
         if not zipped:
             reason = "not a torch checkpoint (no zip archive, and not the legacy format either)"
+        else:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnreadableCheckpointError(name, f"truncated or not a checkpoint ({reason[:160]})") from None
     if obj is None:
         raise UnreadableCheckpointError(name, "the file holds None")
@@ -242,17 +247,22 @@ def load_checkpoint(
     return Loaded(obj=obj, path=path, format="torch" if zipped else "torch-legacy", state_dict_path=sd_path)
 
 
-def _unpickling_error(name: str, exc: pickle.UnpicklingError) -> CheckpointError:
+def _unpickling_error(name: str, exc: pickle.UnpicklingError, *, zipped: bool) -> CheckpointError:
     message = str(exc)
-    if "Weights only load failed" not in message:
-        return UnreadableCheckpointError(name, f"not a checkpoint ({message.splitlines()[0][:160]})")
-    found = _GLOBAL_RE.search(message)
+    found = _GLOBAL_RE.search(message) if "Weights only load failed" in message else None
     offending: list[str] = []
-    with contextlib.suppress(Exception):
-        offending = list(torch.serialization.get_unsafe_globals_in_checkpoint(name))
+    if zipped:
+        with contextlib.suppress(Exception):
+            offending = list(torch.serialization.get_unsafe_globals_in_checkpoint(name))
     if found and found.group(1) not in offending:
         offending.insert(0, found.group(1))
-    return UnsafeCheckpointError(name, offending or ["(unnamed)"])
+    if offending:
+        return UnsafeCheckpointError(name, offending)
+    if not zipped:
+        return UnreadableCheckpointError(
+            name, "not a torch checkpoint (no zip archive, and not the legacy format either)"
+        )
+    return UnreadableCheckpointError(name, f"not a checkpoint ({message.splitlines()[0][:160]})")
 
 
 def save_checkpoint(obj: object, path: str | Path, *, force: bool = False) -> Path:
@@ -262,13 +272,21 @@ def save_checkpoint(obj: object, path: str | Path, *, force: bool = False) -> Pa
     untouched. An existing ``path`` is replaced only with ``force``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"cannot write {path}: it is a directory")
     if path.exists() and not force:
         raise OutputExistsError(str(path))
     directory = path.parent if str(path.parent) else Path()
     if not directory.is_dir():
         raise CheckpointError(f"cannot write {path}: directory {directory} does not exist")
-    with _atomic_file(path, force=force) as handle:
-        torch.save(obj, handle)
+    try:
+        with _atomic_file(path, force=force) as handle:
+            torch.save(obj, handle)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"cannot save {path}: the checkpoint holds something torch.save cannot write ({reason})"
+        ) from exc
     return path
 
 

@@ -106,6 +106,8 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
     if not dry_run:
         if output_path is None:
             raise CheckpointError("convert needs an output path (-o OUTPUT), or --dry-run")
+        if output_path.is_dir():
+            raise CheckpointError(f"cannot write {output_path}: it is a directory")
         if output_path.exists() and not force:
             raise OutputExistsError(str(output_path))
         if input_path.exists() and output_path.exists() and output_path.samefile(input_path):

@@ -146,10 +146,22 @@ class Planner:
         self.graph = graph
         self._versions: list[Version] = sorted(graph.nodes)
         self._rank = {v: i for i, v in enumerate(self._versions)}
-        self._edges: list[list[tuple[int, int, int, Converter]]] = [[] for _ in self._versions]
-        for u, v, data in graph.edges(data=True):
-            conv: Converter = data["converter"]
-            self._edges[self._rank[u]].append((self._rank[v], int(conv.lossy), _micro(conv.cost), conv))
+        self._resolved: dict[str, Version] = {}
+        # A label (lossy steps, cost in millionths, steps) is packed into one int, most
+        # significant field first, so labels compare as plain ints and the heap holds ints
+        # (no tuples for the garbage collector to chase on large graphs). Each field is wide
+        # enough for any simple path: at most every edge once.
+        edges = [(self._rank[u], self._rank[v], d["converter"]) for u, v, d in graph.edges(data=True)]
+        total_cost = sum(_micro(conv.cost) for _, _, conv in edges)
+        count_bits = len(self._versions).bit_length() + 1
+        cost_bits = total_cost.bit_length() + 1
+        lossy_shift = cost_bits + count_bits
+        self._node_bits = max(1, len(self._versions).bit_length())
+        self._infinite = 1 << (lossy_shift + count_bits + 1)
+        self._edges: list[list[tuple[int, int, Converter]]] = [[] for _ in self._versions]
+        for u, v, conv in edges:
+            step = (int(conv.lossy) << lossy_shift) | (_micro(conv.cost) << count_bits) | 1
+            self._edges[u].append((v, step, conv))
 
     @property
     def versions(self) -> list[Version]:
@@ -158,7 +170,12 @@ class Planner:
 
     def resolve(self, text: str | Version) -> Version:
         """Resolve a version, ``latest`` or ``LABEL@latest`` to a version of the graph."""
-        version = text if isinstance(text, Version) else resolve_target(text, self._versions)
+        if isinstance(text, Version):
+            version = text
+        else:
+            if text not in self._resolved:
+                self._resolved[text] = resolve_target(text, self._versions)
+            version = self._resolved[text]
         if version not in self._rank:
             raise UnknownVersionError(str(version), nearest_versions(version, self._versions))
         return version
@@ -184,32 +201,43 @@ class Planner:
         return plan
 
     def _search(self, s: int, t: int) -> list[Converter] | None:
-        best: dict[int, tuple[int, int, int]] = {s: (0, 0, 0)}
-        pred: dict[int, tuple[int, Converter]] = {}
-        done: set[int] = set()
-        heap = [(0, 0, 0, s)]
+        n = len(self._versions)
+        best = [self._infinite] * n
+        pred_node = [-1] * n
+        pred_conv: list[Converter | None] = [None] * n
+        done = bytearray(n)
+        best[s] = 0
+        shift = self._node_bits
+        mask = (1 << shift) - 1
+        heap = [s]  # each item: label << shift | node
         edges = self._edges
+        pop, push = heapq.heappop, heapq.heappush
         while heap:
-            lossy, cost, count, u = heapq.heappop(heap)
-            if u in done:
+            item = pop(heap)
+            u = item & mask
+            if done[u]:
                 continue
-            done.add(u)
+            done[u] = 1
             if u == t:
                 break
-            for v, e_lossy, e_cost, conv in edges[u]:
-                label = (lossy + e_lossy, cost + e_cost, count + 1)
-                current = best.get(v)
+            label = item >> shift
+            for v, step, conv in edges[u]:
+                candidate = label + step
+                current = best[v]
                 # Equal labels: the lower-ranked predecessor wins, whichever was seen first.
-                if current is None or label < current or (label == current and u < pred[v][0]):
-                    best[v] = label
-                    pred[v] = (u, conv)
-                    heapq.heappush(heap, (*label, v))
-        if t not in done:
+                if candidate < current or (candidate == current and u < pred_node[v]):
+                    best[v] = candidate
+                    pred_node[v] = u
+                    pred_conv[v] = conv
+                    push(heap, (candidate << shift) | v)
+        if not done[t]:
             return None
         path: list[Converter] = []
         node = t
         while node != s:
-            node, conv = pred[node]
-            path.append(conv)
+            edge = pred_conv[node]
+            assert edge is not None  # noqa: S101 - every reached node but the source has one
+            path.append(edge)
+            node = pred_node[node]
         path.reverse()
         return path

@@ -95,7 +95,7 @@ def _fill(template: str, binding: Mapping[str, str]) -> str:
 
 def _matches(template: str, keys: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
     """Every key matching ``template`` (sorted), with its placeholder binding."""
-    if "{" not in template and any(c in template for c in "*?["):
+    if _is_glob(template):
         return [(k, {}) for k in sorted(keys) if fnmatch.fnmatchcase(k, template)]
     regex, _ = _template(template)
     found = []
@@ -111,6 +111,47 @@ def _require(template: str, keys: Sequence[str]) -> list[tuple[str, dict[str, st
     if not found:
         raise OpError(f"no key matches {template!r}")
     return found
+
+
+_ALIASES = {
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+}
+"""torch's other names for dtypes; ops use the names shapes report (``float16``, not ``half``)."""
+
+
+def _dtype_name(name: str, op: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise OpError(f"{op}: {name!r} is not a dtype name such as float16")
+    return _ALIASES.get(name, name)
+
+
+def _torch_dtype(name: str, op: str) -> Any:  # noqa: ANN401 - a torch.dtype
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise OpError(f"{op}: torch has no dtype {name!r}")
+    return dtype
+
+
+def _is_glob(template: str) -> bool:
+    return "{" not in template and any(c in template for c in "*?[")
+
+
+def _no_glob(template: str, op: str) -> None:
+    if _is_glob(template):
+        raise OpError(f"{op} takes key templates ({{name}} for a segment), not glob patterns: {template!r}")
+
+
+def _signature(state_dict: Mapping[str, Any]) -> Signature:
+    return {k: _spec(v) for k, v in state_dict.items() if _is_tensor(v)}
 
 
 def _dim(dim: int, ndim: int, key: str) -> int:
@@ -151,6 +192,10 @@ class Rename(Op):
 
     source: str
     target: str
+
+    def __post_init__(self) -> None:
+        _no_glob(self.source, "Rename")
+        _no_glob(self.target, "Rename")
 
     def _mapping(self, keys: Sequence[str]) -> dict[str, str]:
         mapping = {old: _fill(self.target, b) for old, b in _require(self.source, keys)}
@@ -202,6 +247,7 @@ class MoveIndex(Op):
     def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
         import torch
 
+        self.predict(_signature(state_dict))  # every key checked before any changes
         for key, _ in _require(self.key, list(state_dict)):
             tensor = state_dict[key]
             dim = self._check(key, _spec(tensor))
@@ -236,7 +282,7 @@ class Permute(Op):
         return out
 
     def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
-        self.predict({k: _spec(v) for k, v in state_dict.items() if _is_tensor(v)})
+        self.predict(_signature(state_dict))
         for key, _ in _require(self.key, list(state_dict)):
             state_dict[key] = state_dict[key].permute(*self.dims).contiguous()
 
@@ -262,6 +308,8 @@ class Reshape(Op):
         object.__setattr__(self, "shape", tuple(self.shape))
         if self.source_shape is not None:
             object.__setattr__(self, "source_shape", tuple(self.source_shape))
+        if any(not isinstance(d, int) or d < -1 for d in self.shape):
+            raise OpError(f"Reshape {self.key}: sizes must be >= 0, or -1 once to infer one, got {list(self.shape)}")
 
     def _new_shape(self, key: str, spec: TensorSpec) -> tuple[int, ...]:
         if self.source_shape is not None and spec.shape != self.source_shape:
@@ -282,6 +330,7 @@ class Reshape(Op):
         return out
 
     def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+        self.predict(_signature(state_dict))
         for key, _ in _require(self.key, list(state_dict)):
             tensor = state_dict[key]
             state_dict[key] = tensor.reshape(self._new_shape(key, _spec(tensor)))
@@ -321,10 +370,15 @@ class Concat(Op):
             object.__setattr__(self, "sizes", tuple(self.sizes))
         if len(self.keys) < 2:  # noqa: PLR2004 - concatenating needs two parts
             raise OpError("Concat needs at least two keys")
+        if len(set(self.keys)) != len(self.keys):
+            raise OpError(f"Concat names a key twice: {list(self.keys)}")
+        for template in (*self.keys, self.into):
+            _no_glob(template, "Concat")
 
     def _groups(self, keys: Sequence[str]) -> list[tuple[list[str], str]]:
         groups = []
         present = set(keys)
+        made: dict[str, str] = {}
         for first, binding in _require(self.keys[0], keys):
             parts = [first] + [_fill(t, binding) for t in self.keys[1:]]
             missing = [p for p in parts if p not in present]
@@ -333,6 +387,9 @@ class Concat(Op):
             into = _fill(self.into, binding)
             if into in present and into not in parts:
                 raise OpError(f"Concat into {into}, which already exists")
+            if into in made:
+                raise OpError(f"Concat: {made[into]} and {first} would both become {into}")
+            made[into] = first
             groups.append((parts, into))
         return groups
 
@@ -348,8 +405,15 @@ class Concat(Op):
                 raise OpError(f"Concat: {key} {spec} does not fit {parts[0]} {first} along dim {self.dim}")
         sizes = tuple(s.shape[dim] for s in specs)
         total = sum(sizes)
-        if _split_sizes(self.into, total, len(parts), self.sizes) != sizes:
-            raise OpError(f"Concat: the parts' sizes along dim {self.dim} are {list(sizes)}; give sizes={list(sizes)}")
+        if self.sizes is None and len(set(sizes)) > 1:
+            raise OpError(
+                f"Concat: {', '.join(parts)} differ in size along dim {self.dim} ({list(sizes)}); "
+                f"give sizes={list(sizes)} so the inverse Split is exact",
+            )
+        if self.sizes is not None and self.sizes != sizes:
+            raise OpError(
+                f"Concat: {', '.join(parts)} have sizes {list(sizes)} along dim {self.dim}, not {list(self.sizes)}"
+            )
         shape = list(first.shape)
         shape[dim] = total
         return TensorSpec(tuple(shape), first.dtype)
@@ -366,8 +430,8 @@ class Concat(Op):
     def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
         import torch
 
+        self.predict(_signature(state_dict))
         for parts, into in self._groups(list(state_dict)):
-            self._result(parts, [_spec(state_dict[p]) for p in parts])
             tensors = [state_dict.pop(p) for p in parts]
             state_dict[into] = torch.cat(tensors, dim=self.dim)
 
@@ -390,15 +454,24 @@ class Split(Op):
             object.__setattr__(self, "sizes", tuple(self.sizes))
         if len(self.into) < 2:  # noqa: PLR2004 - splitting needs two parts
             raise OpError("Split needs at least two target keys")
+        if len(set(self.into)) != len(self.into):
+            raise OpError(f"Split names a target key twice: {list(self.into)}")
+        for template in (self.key, *self.into):
+            _no_glob(template, "Split")
 
     def _groups(self, keys: Sequence[str]) -> list[tuple[str, list[str]]]:
         present = set(keys)
         groups = []
+        made: dict[str, str] = {}
         for key, binding in _require(self.key, keys):
             parts = [_fill(t, binding) for t in self.into]
             clash = [p for p in parts if p in present and p != key]
             if clash:
                 raise OpError(f"Split {key} onto {', '.join(clash)}, which already exist(s)")
+            for part in parts:
+                if part in made:
+                    raise OpError(f"Split: {made[part]} and {key} would both make {part}")
+                made[part] = key
             groups.append((key, parts))
         return groups
 
@@ -418,6 +491,7 @@ class Split(Op):
         return out
 
     def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+        self.predict(_signature(state_dict))
         for key, parts in self._groups(list(state_dict)):
             tensor = state_dict.pop(key)
             dim, sizes = self._sizes(key, _spec(tensor))
@@ -460,6 +534,7 @@ class Add(Op):
             raise OpError(f"Add {self.key}: shape must be sizes >= 0, got {list(self.shape)}")
         if "{" in self.key or any(c in self.key for c in "*?["):
             raise OpError(f"Add takes one plain key, not a template: {self.key!r}")
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype, "Add"))
 
     def predict(self, sig: Signature) -> Signature:  # noqa: D102
         if self.key in sig:
@@ -471,7 +546,7 @@ class Add(Op):
 
         if self.key in state_dict:
             raise OpError(f"Add {self.key}: the key already exists")
-        state_dict[self.key] = torch.full(self.shape, self.fill, dtype=getattr(torch, self.dtype))
+        state_dict[self.key] = torch.full(self.shape, self.fill, dtype=_torch_dtype(self.dtype, "Add"))
 
     def inverse(self) -> Op:  # noqa: D102
         return Drop(self.key)
@@ -490,9 +565,9 @@ class Cast(Op):
     source_dtype: str | None = None
 
     def __post_init__(self) -> None:
-        for name in (self.dtype, self.source_dtype):
-            if name is not None and not re.fullmatch(r"[a-z0-9_]+", name):
-                raise OpError(f"Cast: {name!r} is not a dtype name such as float16")
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype, "Cast"))
+        if self.source_dtype is not None:
+            object.__setattr__(self, "source_dtype", _dtype_name(self.source_dtype, "Cast"))
 
     def is_lossy(self) -> bool:  # noqa: D102
         return self.source_dtype is None or (
@@ -508,14 +583,9 @@ class Cast(Op):
         return out
 
     def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
-        import torch
-
-        target = getattr(torch, self.dtype, None)
-        if not isinstance(target, torch.dtype):
-            raise OpError(f"Cast: torch has no dtype {self.dtype!r}")
+        target = _torch_dtype(self.dtype, "Cast")
+        self.predict(_signature(state_dict))
         for key, _ in _require(self.pattern, list(state_dict)):
-            if self.source_dtype is not None and _spec(state_dict[key]).dtype != self.source_dtype:
-                raise OpError(f"{key}: expected dtype {self.source_dtype}, got {_spec(state_dict[key]).dtype}")
             state_dict[key] = state_dict[key].to(target)
 
     def inverse(self) -> Op | None:  # noqa: D102

@@ -1,0 +1,451 @@
+"""Converter files that declare ``ops = [...]``: read without importing, planned, run and reversed."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ckpt_path
+from ckpt_path import ConverterFileError, LossyPathError, Registry, StepError, read_converter_file
+from ckpt_path.checkpoint import STAMP_KEY, Stamp, write_stamp
+from ckpt_path.cli import app
+from ckpt_path.ops import Cast, Concat, MoveIndex, Permute, Rename, Reshape
+
+HEADER = """\
+import torch
+from ckpt_path import ops
+from ckpt_path.ops import Add, Cast, Concat, Drop, MoveIndex, Permute, Rename, Reshape, Split
+"""
+
+
+def write_ops_file(directory: Path, name: str, body: str, *, doc: str = "Ops converter.") -> Path:
+    """Write ``<directory>/<name>.py``: a docstring, the usual imports, then ``body`` (dedented)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    path.write_text(f'"""{doc}"""\n\n{HEADER}\n{textwrap.dedent(body)}', encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, marker: str) -> int:
+    """Return the 1-based number of the only line of ``path`` containing ``marker``."""
+    lines = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if marker in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def tripwire(marker: Path) -> str:
+    """Return module-level code that leaves ``marker`` and raises if the file is ever executed."""
+    return f'from pathlib import Path\nPath({str(marker)!r}).write_text("executed")\nraise SystemExit("executed")\n'
+
+
+def t(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Return a tensor of ``shape`` holding distinct values 0, 1, 2, ..."""
+    return torch.arange(torch.Size(shape).numel()).reshape(shape).to(dtype)
+
+
+def v1_state_dict() -> dict[str, torch.Tensor]:
+    """Return the state dict of version 1.0.0 of a tiny model."""
+    return {
+        "enc.weight": t(3, 5),
+        "enc.bias": t(3),
+        "l.0.q": t(2, 4),
+        "l.0.k": t(2, 4) + 100,
+        "l.1.q": t(2, 4) + 200,
+        "l.1.k": t(2, 4) + 300,
+        "head.weight": t(4, 3),
+        "head.bias": t(6),
+        "emb": t(5, dtype=torch.float16) / 7,
+    }
+
+
+def lightning(state_dict: dict[str, torch.Tensor], version: str | None = None) -> dict[str, Any]:
+    """Wrap a state dict as Lightning saves it; stamp it with ``version`` when given."""
+    ckpt = {"epoch": 3, "global_step": 99, "hyper_parameters": {"hidden": 3}, "state_dict": state_dict}
+    if version is not None:
+        ckpt = write_stamp(ckpt, ("state_dict",), Stamp(version=version))
+    return ckpt
+
+
+def assert_bitwise_equal(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Assert two state dicts have the same keys and, per key, the same dtype, shape and bytes."""
+    assert sorted(got) == sorted(expected)
+    for key, tensor in expected.items():
+        assert got[key].dtype == tensor.dtype, key
+        assert got[key].shape == tensor.shape, key
+        assert torch.equal(got[key].contiguous().flatten().view(torch.uint8), tensor.flatten().view(torch.uint8)), key
+
+
+def cli(*args: object) -> Any:
+    """Run ``ckpt-path ARGS`` in process and return typer's result."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+REVERSIBLE_BODY = """\
+source = "1.0.0"
+target = "1.1.0"
+reversible = True
+
+ops = [
+    Rename("enc.{p}", "encoder.{p}"),
+    MoveIndex("encoder.weight", dim=1, index=3, to=0),
+    Concat(["l.{i}.q", "l.{i}.k"], into="l.{i}.qk", dim=0),
+    Permute("head.weight", (1, 0)),
+    Reshape("head.bias", (2, 3), source_shape=(6,)),
+]
+"""
+
+V11_KEYS = ["emb", "encoder.bias", "encoder.weight", "head.bias", "head.weight", "l.0.qk", "l.1.qk"]
+
+
+def test_ops_file_is_never_executed(tmp_path):
+    """Reading, planning and running an ops file never executes it: its module-level tripwire stays silent."""
+    marker = tmp_path / "executed"
+    converters = tmp_path / "converters"
+    write_ops_file(converters, "rename", tripwire(marker) + REVERSIBLE_BODY)
+    converter = read_converter_file(converters / "rename.py")
+    assert converter.kind == "ops"
+    registry = Registry.from_directory(converters)
+    result = ckpt_path.run(registry.plan("1.0.0", "1.1.0"), lightning(v1_state_dict()))
+    assert sorted(result.checkpoint["state_dict"]) == V11_KEYS
+    back = ckpt_path.run(registry.plan("1.1.0", "1.0.0"), result.checkpoint)
+    assert sorted(back.checkpoint["state_dict"]) == sorted(v1_state_dict())
+    assert not marker.exists()
+
+
+def test_ops_file_is_never_executed_by_the_cli(tmp_path):
+    """``ckpt-path convert`` along an ops file writes the result without executing the file."""
+    marker = tmp_path / "executed"
+    converters = tmp_path / "converters"
+    write_ops_file(converters, "rename", tripwire(marker) + REVERSIBLE_BODY)
+    source, output = tmp_path / "in.ckpt", tmp_path / "out.ckpt"
+    torch.save(lightning(v1_state_dict(), "1.0.0"), source)
+    result = cli("convert", source, "-o", output, "--to", "1.1.0", "--converters", converters)
+    assert result.exit_code == 0, result.output
+    assert sorted(torch.load(output, weights_only=True)["state_dict"]) == V11_KEYS
+    assert not marker.exists()
+
+
+def test_reversible_registers_the_inverse_edge(tmp_path):
+    """``reversible = True`` adds the edge target -> source, marked inverse, with the inverted ops."""
+    path = write_ops_file(tmp_path, "fuse", REVERSIBLE_BODY)
+    registry = Registry.from_directory(tmp_path)
+    assert registry.graph.has_edge(ckpt_path.parse_version("1.0.0"), ckpt_path.parse_version("1.1.0"))
+    plan = registry.plan("1.1.0", "1.0.0")
+    (step,) = plan.steps
+    assert step.converter.inverse
+    assert step.file == str(path)
+    assert not step.lossy
+    assert step.converter.ops[-1] == Rename("encoder.{p}", "enc.{p}")
+
+
+def test_without_reversible_there_is_no_inverse_edge(tmp_path):
+    """An ops file without ``reversible`` registers only its own edge."""
+    write_ops_file(tmp_path, "fuse", REVERSIBLE_BODY.replace("reversible = True\n", ""))
+    registry = Registry.from_directory(tmp_path)
+    with pytest.raises(ckpt_path.NoPathError):
+        registry.plan("1.1.0", "1.0.0")
+
+
+def test_forward_then_back_restores_the_checkpoint_bitwise(tmp_path):
+    """Running a reversible ops file forward and then its inverse edge gives back every tensor, bit for bit."""
+    write_ops_file(tmp_path, "fuse", REVERSIBLE_BODY)
+    registry = Registry.from_directory(tmp_path)
+    original = lightning(v1_state_dict())
+    forward = ckpt_path.run(registry.plan("1.0.0", "1.1.0"), lightning(v1_state_dict()))
+    moved = forward.checkpoint["state_dict"]
+    assert moved["encoder.weight"][:, 0].tolist() == original["state_dict"]["enc.weight"][:, 3].tolist()
+    assert moved["head.weight"].shape == (3, 4)
+    assert moved["head.bias"].shape == (2, 3)
+    back = ckpt_path.run(registry.plan("1.1.0", "1.0.0"), forward.checkpoint)
+    assert_bitwise_equal(back.checkpoint["state_dict"], original["state_dict"])
+    assert {k: v for k, v in back.checkpoint.items() if k not in {"state_dict", STAMP_KEY}} == {
+        k: v for k, v in original.items() if k != "state_dict"
+    }
+    assert back.checkpoint[STAMP_KEY]["version"] == "1.0.0"
+    assert [h["converter"] for h in back.checkpoint[STAMP_KEY]["history"]] == ["fuse", "fuse:inverse"]
+
+
+def test_reversible_widening_cast_has_a_lossy_inverse(tmp_path):
+    """A reversible float16 -> float32 Cast is lossless forward; its inverse narrows, so it is lossy yet exact here."""
+    write_ops_file(
+        tmp_path,
+        "widen",
+        """\
+        source = "1.0.0"
+        target = "1.1.0"
+        reversible = True
+        ops = [Cast("emb", torch.float32, source_dtype=torch.float16)]
+        """,
+    )
+    registry = Registry.from_directory(tmp_path)
+    assert not registry.plan("1.0.0", "1.1.0").lossy
+    with pytest.raises(LossyPathError):
+        registry.plan("1.1.0", "1.0.0")
+    forward = ckpt_path.run(registry.plan("1.0.0", "1.1.0"), lightning(v1_state_dict()))
+    assert forward.checkpoint["state_dict"]["emb"].dtype == torch.float32
+    back = ckpt_path.run(registry.plan("1.1.0", "1.0.0", allow_lossy=True), forward.checkpoint)
+    assert_bitwise_equal(back.checkpoint["state_dict"], v1_state_dict())
+
+
+@pytest.mark.parametrize(
+    ("op", "name"),
+    [
+        pytest.param('Drop("head.*")', "Drop", id="Drop"),
+        pytest.param('Cast("emb", "float32")', "Cast", id="Cast-without-source-dtype"),
+        pytest.param('Reshape("head.bias", (2, 3))', "Reshape", id="Reshape-without-source-shape"),
+    ],
+)
+def test_reversible_file_with_an_op_without_inverse_is_refused(tmp_path, op, name):
+    """``reversible = True`` with an op that has no inverse is a ConverterFileError naming file, line and op."""
+    path = write_ops_file(
+        tmp_path,
+        "bad",
+        f"""\
+        source = "1.0.0"
+        target = "1.1.0"
+        reversible = True  # HERE
+        ops = [Rename("enc.{{p}}", "encoder.{{p}}"), {op}]
+        """,
+    )
+    with pytest.raises(ConverterFileError) as caught:
+        read_converter_file(path)
+    assert caught.value.file == str(path)
+    assert caught.value.line == line_of(path, "# HERE")
+    assert f"{path}:{caught.value.line}" in str(caught.value)
+    assert name in caught.value.reason
+    with pytest.raises(ConverterFileError, match=r"bad\.py"):
+        Registry.from_directory(tmp_path)
+
+
+def test_file_with_a_lossy_op_is_lossy_without_saying_so(tmp_path):
+    """A file whose ops include Drop is lossy although it does not set ``lossy = True``."""
+    path = write_ops_file(tmp_path, "drop", 'source = "1.0.0"\ntarget = "2.0.0"\nops = [Drop("head.*")]\n')
+    assert read_converter_file(path).lossy
+    narrowing = write_ops_file(
+        tmp_path, "narrow", 'source = "2.0.0"\ntarget = "3.0.0"\nops = [Cast("*", "float16", source_dtype="float32")]\n'
+    )
+    assert read_converter_file(narrowing).lossy
+    lossless = write_ops_file(tmp_path, "rename", 'source = "3.0.0"\ntarget = "4.0.0"\nops = [Rename("a", "b")]\n')
+    assert not read_converter_file(lossless).lossy
+
+
+def test_planner_avoids_a_lossy_ops_file_when_a_lossless_path_exists(tmp_path):
+    """A direct Drop file loses to a longer, costlier path of lossless ops files; alone it needs allow_lossy."""
+    write_ops_file(tmp_path, "a_direct", 'source = "1.0.0"\ntarget = "2.0.0"\nops = [Drop("head.*")]\n')
+    write_ops_file(
+        tmp_path, "b_first", 'source = "1.0.0"\ntarget = "1.5.0"\ncost = 2\nops = [Rename("head.{p}", "out.{p}")]\n'
+    )
+    write_ops_file(tmp_path, "c_second", 'source = "1.5.0"\ntarget = "2.0.0"\nops = [Add("scale", (3,))]\n')
+    registry = Registry.from_directory(tmp_path)
+    plan = registry.plan("1.0.0", "2.0.0")
+    assert [s.name for s in plan.steps] == ["b_first", "c_second"]
+    assert not plan.lossy
+    (tmp_path / "b_first.py").unlink()
+    with pytest.raises(LossyPathError):
+        Registry.from_directory(tmp_path).plan("1.0.0", "2.0.0")
+    assert [s.name for s in Registry.from_directory(tmp_path).plan("1.0.0", "2.0.0", allow_lossy=True).steps] == [
+        "a_direct"
+    ]
+
+
+@pytest.mark.parametrize(
+    "ops_text",
+    [
+        pytest.param('[Rename("enc.{p}", "encoder.{p}"), Cast("emb", "float32")]', id="bare-and-string"),
+        pytest.param('[ops.Rename("enc.{p}", "encoder.{p}"), ops.Cast("emb", torch.float32)]', id="module-and-torch"),
+        pytest.param(
+            '(Rename(source="enc.{p}", target="encoder.{p}"), ops.Cast("emb", dtype=torch.float32))',
+            id="keywords-in-a-tuple",
+        ),
+    ],
+)
+def test_op_spellings_read_alike(tmp_path, ops_text):
+    """``Rename(...)`` or ``ops.Rename(...)``, ``"float32"`` or ``torch.float32``: the same ops, and they run."""
+    path = write_ops_file(tmp_path, "spell", f'source = "1.0.0"\ntarget = "1.1.0"\nops = {ops_text}\n')
+    converter = read_converter_file(path)
+    assert converter.ops == (Rename("enc.{p}", "encoder.{p}"), Cast("emb", "float32"))
+    result = ckpt_path.run(Registry([converter]).plan("1.0.0", "1.1.0", allow_lossy=True), lightning(v1_state_dict()))
+    assert result.checkpoint["state_dict"]["emb"].dtype == torch.float32
+    assert "encoder.weight" in result.checkpoint["state_dict"]
+
+
+@pytest.mark.parametrize(
+    ("dtype_text", "dtype"),
+    [
+        pytest.param('"float32"', torch.float32, id="string"),
+        pytest.param("torch.float32", torch.float32, id="torch-dtype"),
+        pytest.param("torch.half", torch.float16, id="torch-alias-half"),
+    ],
+)
+def test_dtype_spellings_run(tmp_path, dtype_text, dtype):
+    """A Cast written with a dtype string, a torch dtype or a torch alias runs and gives that dtype."""
+    write_ops_file(tmp_path, "cast", f'source = "1.0.0"\ntarget = "1.1.0"\nops = [Cast("enc.*", {dtype_text})]\n')
+    registry = Registry.from_directory(tmp_path)
+    ckpt = lightning({"enc.w": t(2, 2, dtype=torch.float64)})
+    result = ckpt_path.run(registry.plan("1.0.0", "1.1.0", allow_lossy=True), ckpt)
+    assert result.checkpoint["state_dict"]["enc.w"].dtype == dtype
+
+
+@pytest.mark.parametrize(
+    ("body", "hint"),
+    [
+        pytest.param(
+            'ops = [Rename(f"l.{i}", f"m.{i}") for i in range(3)]  # HERE\n', "literal list", id="comprehension"
+        ),
+        pytest.param("ops = BASE + [Drop('x')]  # HERE\n", "literal list", id="concatenation"),
+        pytest.param("ops = make_ops()  # HERE\n", "literal list", id="call-for-the-list"),
+        pytest.param(
+            "ops = [\n    Rename('a', 'b'),\n    make_rename('a', 'b'),  # HERE\n]\n", "Rename", id="unknown-fn"
+        ),
+        pytest.param("ops = [\n    Rename('a', 'b'),\n    RENAME,  # HERE\n]\n", "one of", id="a-name"),
+        pytest.param("ops = [\n    Rename(prefix + 'a', 'b'),  # HERE\n]\n", "literal", id="computed-argument"),
+        pytest.param("ops = [\n    Rename(*pair),  # HERE\n]\n", "*args", id="starred-argument"),
+        pytest.param("ops = [\n    Rename('a', 'b', 'c'),  # HERE\n]\n", "Rename", id="too-many-arguments"),
+        pytest.param("ops = [\n    Permute('w', (0, 0)),  # HERE\n]\n", "permutation", id="bad-permutation"),
+        pytest.param("ops = []  # HERE\n", "empty", id="empty"),
+    ],
+)
+def test_non_literal_ops_are_refused_with_the_line(tmp_path, body, hint):
+    """An ops value that is not a literal list of op calls is a ConverterFileError naming file and line."""
+    path = write_ops_file(tmp_path, "bad", 'source = "1.0.0"\ntarget = "1.1.0"\n' + body)
+    with pytest.raises(ConverterFileError) as caught:
+        read_converter_file(path)
+    assert caught.value.file == str(path)
+    assert caught.value.line == line_of(path, "# HERE")
+    assert hint in caught.value.reason
+
+
+def move_index_out_of_range(directory: Path) -> Path:
+    """Write a converter 1.0.0 -> 1.1.0 whose MoveIndex does not fit enc.weight of shape [3, 5]."""
+    return write_ops_file(
+        directory,
+        "reorder",
+        'source = "1.0.0"\ntarget = "1.1.0"\nops = [Rename("l.{i}.q", "l.{i}.query"), '
+        'MoveIndex("enc.weight", dim=1, index=9, to=0)]\n',
+    )
+
+
+def test_bad_op_argument_at_run_time_is_a_step_error(tmp_path):
+    """An op that does not fit the real tensors makes run raise StepError naming the step, op and key."""
+    path = move_index_out_of_range(tmp_path)
+    plan = Registry.from_directory(tmp_path).plan("1.0.0", "1.1.0")
+    with pytest.raises(StepError) as caught:
+        ckpt_path.run(plan, lightning(v1_state_dict()))
+    error = caught.value
+    assert (error.source, error.target, error.file) == ("1.0.0", "1.1.0", str(path))
+    message = str(error)
+    assert "1.0.0 -> 1.1.0" in message
+    assert str(path) in message
+    assert "MoveIndex" in message
+    assert "enc.weight" in message
+    assert "index=9" in message
+
+
+def test_bad_op_argument_through_the_cli_is_one_error_line(tmp_path):
+    """``convert`` exits 1 with one ``error:`` line naming op and key, no traceback, and writes nothing."""
+    converters = tmp_path / "converters"
+    move_index_out_of_range(converters)
+    source, output = tmp_path / "in.ckpt", tmp_path / "out.ckpt"
+    torch.save(lightning(v1_state_dict(), "1.0.0"), source)
+    before = source.read_bytes()
+    result = cli("convert", source, "-o", output, "--converters", converters)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "MoveIndex" in lines[0]
+    assert "enc.weight" in lines[0]
+    assert not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converters", "in.ckpt"]
+    assert source.read_bytes() == before
+
+
+def test_dry_run_reports_each_ops_step(tmp_path):
+    """``convert --dry-run --json`` lists per step the keys the ops add, remove and reshape, and writes nothing."""
+    marker = tmp_path / "executed"
+    converters = tmp_path / "converters"
+    write_ops_file(
+        converters,
+        "a_fuse",
+        tripwire(marker)
+        + 'source = "1.0.0"\ntarget = "1.1.0"\nops = [Concat(["l.{i}.q", "l.{i}.k"], into="l.{i}.qk")]\n',
+    )
+    write_ops_file(
+        converters,
+        "b_scale",
+        'source = "1.1.0"\ntarget = "1.2.0"\n'
+        'ops = [Add("scale", (3,)), Rename("enc.{p}", "encoder.{p}"), Permute("head.weight", (1, 0)),'
+        ' MoveIndex("encoder.weight", dim=1, index=4, to=0)]\n',
+    )
+    source = tmp_path / "in.ckpt"
+    torch.save(lightning(v1_state_dict(), "1.0.0"), source)
+    result = cli("convert", source, "--dry-run", "--json", "--converters", converters)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["source"], report["target"], report["output"]) == ("1.0.0", "1.2.0", None)
+    steps = [
+        (s["source"], s["target"], s["converter"], s["added"], s["removed"], s["changed"]) for s in report["steps"]
+    ]
+    assert steps == [
+        ("1.0.0", "1.1.0", "a_fuse", ["l.0.qk", "l.1.qk"], ["l.0.k", "l.0.q", "l.1.k", "l.1.q"], []),
+        (
+            "1.1.0",
+            "1.2.0",
+            "b_scale",
+            ["encoder.bias", "encoder.weight", "scale"],
+            ["enc.bias", "enc.weight"],
+            ["head.weight"],
+        ),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converters", "in.ckpt"]
+    assert not marker.exists()
+
+
+def test_dry_run_of_a_bad_op_fails_like_the_real_run(tmp_path):
+    """A dry run catches an op that does not fit the checkpoint, with the same one-line error."""
+    converters = tmp_path / "converters"
+    move_index_out_of_range(converters)
+    source = tmp_path / "in.ckpt"
+    torch.save(lightning(v1_state_dict(), "1.0.0"), source)
+    result = cli("convert", source, "--dry-run", "--converters", converters)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ")
+    assert "enc.weight" in result.stderr
+
+
+def test_run_reports_ops_steps_as_checked(tmp_path):
+    """A step made of ops is checked (each op against its prediction) even without touches or a schema."""
+    write_ops_file(tmp_path, "fuse", REVERSIBLE_BODY)
+    registry = Registry.from_directory(tmp_path)
+    result = ckpt_path.run(registry.plan("1.0.0", "1.1.0"), lightning(v1_state_dict()), strict=True)
+    (report,) = result.steps
+    assert "ops" in report.checked
+    assert result.warnings == []
+
+
+def test_ops_read_from_a_file_equal_ops_made_in_code(tmp_path):
+    """Each op in the file becomes the op object its call spells, in order."""
+    path = write_ops_file(tmp_path, "fuse", REVERSIBLE_BODY)
+    assert read_converter_file(path).ops == (
+        Rename("enc.{p}", "encoder.{p}"),
+        MoveIndex("encoder.weight", dim=1, index=3, to=0),
+        Concat(["l.{i}.q", "l.{i}.k"], into="l.{i}.qk", dim=0),
+        Permute("head.weight", (1, 0)),
+        Reshape("head.bias", (2, 3), source_shape=(6,)),
+    )
+
+
+def test_reversible_ops_file_and_a_file_for_its_inverse_edge_clash(tmp_path):
+    """A reversible file's inverse edge counts as a converter: another file for that edge is a duplicate."""
+    write_ops_file(tmp_path, "fuse", REVERSIBLE_BODY)
+    write_ops_file(tmp_path, "unfuse", 'source = "1.1.0"\ntarget = "1.0.0"\nops = [Rename("a", "b")]\n')
+    with pytest.raises(ckpt_path.DuplicateConverterError, match=r"fuse\.py.*unfuse\.py|unfuse\.py.*fuse\.py"):
+        Registry.from_directory(tmp_path).plan("1.0.0", "1.1.0")

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import import_module
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ckpt_path import formats
 from ckpt_path.errors import (
     CheckpointError,
     OutputExistsError,
@@ -93,6 +94,10 @@ class Loaded:
     path: Path
     format: str
     state_dict_path: tuple[str, ...]
+    metadata: dict[str, str] = field(default_factory=dict)
+    """safetensors ``__metadata__`` other than the stamp, kept when writing safetensors again."""
+    shard_size: int | None = None
+    """For a sharded input: the size of its largest shard, the default for the output's shards."""
 
     @property
     def state_dict(self) -> MutableMapping[str, Any]:
@@ -228,6 +233,21 @@ def load_checkpoint(
     name = str(path)
     if not path.is_file():
         raise UnreadableCheckpointError(name, "no such file" if not path.exists() else "not a file")
+    if formats.is_sharded(path) or formats.is_safetensors(path):
+        if state_dict_key is not None:
+            raise CheckpointError(f"--state-dict does not apply to {path.name}: safetensors hold a flat state dict")
+        if formats.is_sharded(path):
+            state_dict, metadata, largest = formats.load_sharded(path)
+            return Loaded(
+                obj=state_dict,
+                path=path,
+                format="safetensors-sharded",
+                state_dict_path=(),
+                metadata=metadata,
+                shard_size=largest,
+            )
+        state_dict, metadata = formats.load_safetensors(path)
+        return Loaded(obj=state_dict, path=path, format="safetensors", state_dict_path=(), metadata=metadata)
     zipped = zipfile.is_zipfile(path)
     allowed = _resolve_globals(safe_globals)
     try:
@@ -265,11 +285,55 @@ def _unpickling_error(name: str, exc: pickle.UnpicklingError, *, zipped: bool) -
     return UnreadableCheckpointError(name, f"not a checkpoint ({message.splitlines()[0][:160]})")
 
 
-def save_checkpoint(obj: object, path: str | Path, *, force: bool = False) -> Path:
-    """Save ``obj`` with ``torch.save`` atomically: temporary file beside ``path``, fsync, rename.
+DEFAULT_SHARD_SIZE = 5 * 1024**3
+"""Largest shard written for a sharded output when the input was not sharded."""
 
-    On any failure (including Ctrl-C) the temporary file is removed and ``path`` is
-    untouched. An existing ``path`` is replaced only with ``force``.
+
+def _flat_state_dict(obj: Any, state_dict_path: Sequence[str], path: Path, *, state_dict_only: bool) -> Any:  # noqa: ANN401
+    """Return the state dict alone, carrying the checkpoint's stamp in its ``_metadata``."""
+    if not state_dict_path:
+        return obj
+    others = sorted(str(k) for k in obj if k not in {state_dict_path[0], STAMP_KEY})
+    if others and not state_dict_only:
+        shown = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")  # noqa: PLR2004
+        raise CheckpointError(
+            f"{path.name} would hold only the state dict, but the checkpoint also has {shown}; "
+            "pass --state-dict-only to keep only the state dict",
+        )
+    flat = OrderedDict(get_state_dict(obj, state_dict_path))
+    stamp = read_stamp(obj, state_dict_path)
+    return write_stamp(flat, (), stamp) if stamp is not None else flat
+
+
+def _tensor_bytes(obj: object) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
+    obj: object,
+    path: str | Path,
+    *,
+    force: bool = False,
+    state_dict_path: Sequence[str] = (),
+    state_dict_only: bool = False,
+    metadata: Mapping[str, str] | None = None,
+    shard_size: int | None = None,
+    progress: formats.Progress | None = None,
+) -> Path:
+    """Save a checkpoint atomically, in the format its extension names.
+
+    ``.safetensors`` writes one safetensors file and ``.safetensors.index.json`` a sharded
+    layout (both hold the state dict only: other content is refused unless
+    ``state_dict_only``); any other name is written with ``torch.save``. Every file goes to a
+    temporary file beside its target, is fsynced and renamed; on any failure (including
+    Ctrl-C) the temporary file is removed and the target is untouched. An existing target is
+    replaced only with ``force``.
     """
     path = Path(path)
     if path.is_dir():
@@ -277,11 +341,34 @@ def save_checkpoint(obj: object, path: str | Path, *, force: bool = False) -> Pa
     if path.exists() and not force:
         raise OutputExistsError(str(path))
     directory = path.parent if str(path.parent) else Path()
+    if formats.is_sharded(path) and not directory.exists():
+        directory.mkdir(parents=True)  # a sharded layout is a directory of its own
     if not directory.is_dir():
         raise CheckpointError(f"cannot write {path}: directory {directory} does not exist")
     try:
-        with _atomic_file(path, force=force) as handle:
-            torch.save(obj, handle)
+        if formats.is_sharded(path) or formats.is_safetensors(path):
+            flat = _flat_state_dict(obj, state_dict_path, path, state_dict_only=state_dict_only)
+            if formats.is_sharded(path):
+                prefix = path.name[: -len(formats.INDEX_SUFFIX)] or "model"
+                existing = sorted(path.parent.glob(f"{prefix}-*-of-*.safetensors"))
+                if existing and not force:
+                    raise OutputExistsError(str(existing[0]))
+                formats.save_sharded(
+                    flat,
+                    path,
+                    lambda target: _atomic_file(target, force=force),
+                    shard_size=shard_size or DEFAULT_SHARD_SIZE,
+                    metadata=metadata,
+                    progress=progress,
+                )
+            else:
+                with _atomic_file(path, force=force) as handle:
+                    formats.save_safetensors(flat, handle, metadata, progress)
+            return path
+        if state_dict_only:
+            obj = _flat_state_dict(obj, state_dict_path, path, state_dict_only=True)
+        with _atomic_file(path, force=force) as handle, formats.counting(handle, progress, _tensor_bytes(obj)) as out:
+            torch.save(obj, out)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(

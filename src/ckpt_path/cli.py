@@ -20,6 +20,7 @@ from ckpt_path.errors import CkptPathError
 
 if TYPE_CHECKING:
     from packaging.version import Version
+    from rich.progress import Progress, TaskID
 
     from ckpt_path.commands import ConvertResult
     from ckpt_path.planner import Plan, Step
@@ -265,13 +266,21 @@ def convert(
         typer.Option("--strict", help="Fail on a step that has no touches and no schema to check it."),
     ] = False,
     state_dict: StateDictOption = None,
+    state_dict_only: Annotated[
+        bool,
+        typer.Option(
+            "--state-dict-only",
+            help="Write only the state dict (needed for a .safetensors OUTPUT of a checkpoint with more).",
+        ),
+    ] = False,
     safe_global: SafeGlobalOption = None,
     as_json: JsonOption = False,
 ) -> None:
     r"""Convert a checkpoint to another version, checking shapes after every step.
 
     The result is written to a temporary file beside OUTPUT and renamed into place only when
-    every step succeeded, so a failure never leaves a half-written OUTPUT.
+    every step succeeded, so a failure never leaves a half-written OUTPUT. OUTPUT's extension
+    picks the format: .safetensors, .safetensors.index.json (sharded), else torch.save.
 
     \b
     Examples:
@@ -279,6 +288,7 @@ def convert(
       ckpt-path convert old.ckpt -o new.ckpt --to lam@latest
       ckpt-path convert old.ckpt --dry-run --to 1.0.0
       ckpt-path convert weights.pt -o new.pt --from 0.3.0   # a checkpoint without a stamp
+      ckpt-path convert old.ckpt -o new.safetensors --state-dict-only
     """
     from ckpt_path.commands import convert_file
 
@@ -298,7 +308,9 @@ def convert(
                 strict=strict,
                 state_dict_key=state_dict,
                 safe_globals=tuple(safe_global or ()),
+                state_dict_only=state_dict_only,
                 on_step=progress.on_step,
+                on_write=progress.on_write,
             )
         finally:
             progress.close()
@@ -335,33 +347,49 @@ class _StepProgress:
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
-        self._progress: object | None = None
-        self._task: object | None = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._writing = False
 
     def close(self) -> None:
         """Take the progress display off the terminal."""
         if self._progress is not None:
-            self._progress.stop()  # type: ignore[attr-defined]
+            self._progress.stop()
+
+    def _start(self, label: str, total: int, *, in_bytes: bool) -> tuple[Progress, TaskID]:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        if self._progress is not None:
+            self._progress.stop()
+        columns: list[ProgressColumn] = [TextColumn("{task.description}"), BarColumn()]
+        columns += [DownloadColumn()] if in_bytes else []
+        progress = RichProgress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        progress.start()
+        self._task = progress.add_task(label, total=total)
+        self._progress = progress
+        return progress, self._task
 
     def on_step(self, index: int, total: int, step: Step) -> None:
+        """Show which step runs."""
         if not self.enabled:
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
         label = f"step {index + 1}/{total}: {step.source} -> {step.target} ({step.name})"
-        if self._progress is None:
-            progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            progress.start()
-            self._task = progress.add_task(label, total=total)
-            self._progress = progress
-        self._progress.update(self._task, description=label, completed=index)  # type: ignore[attr-defined]
+        if self._progress is None or self._task is None:
+            self._start(label, total, in_bytes=False)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=label, completed=index)
+
+    def on_write(self, done: int, total: int) -> None:
+        """Show the bytes written so far."""
+        if not self.enabled:
+            return
+        if not self._writing:
+            self._writing = True
+            self._start("writing", total, in_bytes=True)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=done)
 
 
 @app.command("inspect")

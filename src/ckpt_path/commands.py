@@ -17,6 +17,7 @@ from packaging.version import Version
 
 from ckpt_path.checkpoint import Loaded, Stamp, load_checkpoint, read_stamp, save_checkpoint, write_stamp
 from ckpt_path.errors import CheckpointError, NoStampError, OutputExistsError
+from ckpt_path.formats import Progress
 from ckpt_path.planner import Plan
 from ckpt_path.registry import Registry
 from ckpt_path.runner import OnStep, StepReport, run
@@ -92,13 +93,17 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
     strict: bool = False,
     state_dict_key: str | None = None,
     safe_globals: tuple[str, ...] = (),
+    state_dict_only: bool = False,
     on_step: OnStep | None = None,
+    on_write: Progress | None = None,
 ) -> ConvertResult:
     """Convert the checkpoint at ``input`` to ``target`` and write it to ``output``.
 
     Nothing is written when any step fails, and ``input`` is never modified. With
     ``dry_run`` the chain runs on meta tensors (no tensor data is read) and nothing is
-    written.
+    written. The output's format follows its extension (``.safetensors``,
+    ``.safetensors.index.json`` for a sharded layout, anything else ``torch.save``); a format
+    that holds only tensors needs ``state_dict_only`` when the checkpoint has more.
     """
     registry = registry or Registry.from_directory()
     input_path = Path(input)
@@ -127,7 +132,16 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
     )
     written = None
     if not dry_run and output_path is not None:
-        written = save_checkpoint(outcome.checkpoint, output_path, force=force)
+        written = save_checkpoint(
+            outcome.checkpoint,
+            output_path,
+            force=force,
+            state_dict_path=loaded.state_dict_path,
+            state_dict_only=state_dict_only,
+            metadata=loaded.metadata,
+            shard_size=loaded.shard_size,
+            progress=on_write,
+        )
     return ConvertResult(
         input=input_path,
         output=written,
@@ -208,7 +222,14 @@ def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`
     obj = write_stamp(loaded.obj, loaded.state_dict_path, Stamp(version=checked, history=history))
     target = Path(output) if output is not None else loaded.path
     in_place = output is None or (target.exists() and target.samefile(loaded.path))
-    return save_checkpoint(obj, target, force=force or in_place)
+    return save_checkpoint(
+        obj,
+        target,
+        force=force or in_place,
+        state_dict_path=loaded.state_dict_path,
+        metadata=loaded.metadata,
+        shard_size=loaded.shard_size,
+    )
 
 
 def _restamp_entry(old: str, new: str) -> dict[str, Any]:

@@ -151,7 +151,11 @@ def load_safetensors(path: str | Path) -> tuple[OrderedDict[str, torch.Tensor], 
         if storage is None or math.prod(shape) == 0:
             state_dict[key] = torch.empty(shape, dtype=dtype)
         elif offset % dtype.itemsize == 0:
-            state_dict[key] = torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape)  # type: ignore[call-overload]
+            # Each tensor gets a storage of its own bytes (a view of the mapping), so torch.save
+            # later writes just those bytes, not the whole file once per tensor.
+            nbytes = entry["data_offsets"][1] - entry["data_offsets"][0]
+            own = storage[offset : offset + nbytes]
+            state_dict[key] = torch.empty(0, dtype=dtype).set_(own, 0, shape)  # type: ignore[call-overload]
         else:  # a misaligned tensor cannot be a view of the mapping: read it
             with path.open("rb") as handle:
                 handle.seek(offset)

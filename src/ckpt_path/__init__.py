@@ -22,7 +22,9 @@ from ckpt_path.errors import (
     UnknownVersionError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,
+    UnsupportedVersionError,
     VersionError,
+    VersionInferenceError,
 )
 from ckpt_path.graph import build_graph, render_graph
 from ckpt_path.planner import Plan, Planner, Step
@@ -90,7 +92,9 @@ __all__ = [
     "UnknownVersionError",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
+    "UnsupportedVersionError",
     "VersionError",
+    "VersionInferenceError",
     "branch_of",
     "build_graph",
     "capture_schema",

@@ -31,6 +31,7 @@ from ckpt_path.errors import (
     UnsafeCheckpointError,
     VersionError,
 )
+from ckpt_path.pickles import Moves
 from ckpt_path.versions import parse_version
 
 __all__ = [
@@ -203,6 +204,8 @@ def write_stamp(obj: Any, state_dict_path: Sequence[str], stamp: Stamp) -> Any: 
 
 
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+_MAX_ROUNDS = 64
+"""A legacy file names one refused global per attempt; a zip file names them all at once."""
 
 
 def _resolve_globals(names: Sequence[str]) -> list[Any]:
@@ -217,50 +220,71 @@ def _resolve_globals(names: Sequence[str]) -> list[Any]:
     return allowed
 
 
+def _load_safetensors(path: Path, state_dict_key: str | None) -> Loaded:
+    if state_dict_key is not None:
+        raise CheckpointError(f"--state-dict does not apply to {path.name}: safetensors hold a flat state dict")
+    if formats.is_sharded(path):
+        state_dict, metadata, largest = formats.load_sharded(path)
+        return Loaded(
+            obj=state_dict,
+            path=path,
+            format="safetensors-sharded",
+            state_dict_path=(),
+            metadata=metadata,
+            shard_size=largest,
+        )
+    state_dict, metadata = formats.load_safetensors(path)
+    return Loaded(obj=state_dict, path=path, format="safetensors", state_dict_path=(), metadata=metadata)
+
+
+def _torch_load(path: Path, *, zipped: bool, allowed: list[Any], moves: Moves | None, mmap: bool) -> Any:  # noqa: ANN401
+    """``torch.load(weights_only=True)``, mapping moved globals as ``moves`` says, round by round."""
+    name = str(path)
+    for _ in range(_MAX_ROUNDS):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+        except pickle.UnpicklingError as exc:
+            error = _unpickling_error(name, exc, zipped=zipped)
+            if moves is None or not isinstance(error, UnsafeCheckpointError):
+                raise error from None
+            resolved = [(moves.resolve(g), g) for g in error.globals_needed]
+            unresolved = [g for found, g in resolved if found is None]
+            if unresolved:
+                raise UnsafeCheckpointError(name, unresolved) from None
+            allowed = [*allowed, *resolved]
+        except Exception as exc:  # noqa: BLE001 - torch raises many types on foreign or damaged files
+            if not zipped:
+                reason = "not a torch checkpoint (no zip archive, and not the legacy format either)"
+            else:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UnreadableCheckpointError(name, f"truncated or not a checkpoint ({reason[:160]})") from None
+    raise UnreadableCheckpointError(name, f"needs more than {_MAX_ROUNDS} rounds of moved globals")
+
+
 def load_checkpoint(
     path: str | Path,
     *,
     state_dict_key: str | None = None,
     safe_globals: Sequence[str] = (),
     mmap: bool = True,
+    moves: Moves | None = None,
 ) -> Loaded:
     """Load a checkpoint file with ``weights_only=True``, memory-mapped where possible.
 
     ``safe_globals`` names extra globals (``package.module.Class``) the user trusts.
-    Raises :class:`UnreadableCheckpointError` or :class:`UnsafeCheckpointError`.
+    ``moves`` maps globals that moved or were deleted (see :mod:`ckpt_path.pickles`); a
+    global that neither covers is refused. Raises :class:`UnreadableCheckpointError` or
+    :class:`UnsafeCheckpointError`.
     """
     path = Path(path)
     name = str(path)
     if not path.is_file():
         raise UnreadableCheckpointError(name, "no such file" if not path.exists() else "not a file")
     if formats.is_sharded(path) or formats.is_safetensors(path):
-        if state_dict_key is not None:
-            raise CheckpointError(f"--state-dict does not apply to {path.name}: safetensors hold a flat state dict")
-        if formats.is_sharded(path):
-            state_dict, metadata, largest = formats.load_sharded(path)
-            return Loaded(
-                obj=state_dict,
-                path=path,
-                format="safetensors-sharded",
-                state_dict_path=(),
-                metadata=metadata,
-                shard_size=largest,
-            )
-        state_dict, metadata = formats.load_safetensors(path)
-        return Loaded(obj=state_dict, path=path, format="safetensors", state_dict_path=(), metadata=metadata)
+        return _load_safetensors(path, state_dict_key)
     zipped = zipfile.is_zipfile(path)
-    allowed = _resolve_globals(safe_globals)
-    try:
-        with torch.serialization.safe_globals(allowed):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
-    except pickle.UnpicklingError as exc:
-        raise _unpickling_error(name, exc, zipped=zipped) from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types on foreign or damaged files
-        if not zipped:
-            reason = "not a torch checkpoint (no zip archive, and not the legacy format either)"
-        else:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UnreadableCheckpointError(name, f"truncated or not a checkpoint ({reason[:160]})") from None
+    obj = _torch_load(path, zipped=zipped, allowed=_resolve_globals(safe_globals), moves=moves, mmap=mmap)
     if obj is None:
         raise UnreadableCheckpointError(name, "the file holds None")
     sd_path = find_state_dict(obj, state_dict_key)
@@ -313,6 +337,17 @@ def _tensor_bytes(obj: object) -> int:
     if isinstance(obj, list | tuple):
         return sum(_tensor_bytes(v) for v in obj)
     return 0
+
+
+def _save_error(path: Path, exc: Exception) -> CheckpointError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "DeletedGlobal[" in reason:
+        name = reason.split("DeletedGlobal[", 1)[1].split("]", 1)[0]
+        return CheckpointError(
+            f"cannot save {path}: it still holds a placeholder for the deleted global {name}; "
+            "a converter on the path must drop or replace it",
+        )
+    return CheckpointError(f"cannot save {path}: the checkpoint holds something torch.save cannot write ({reason})")
 
 
 def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
@@ -370,10 +405,7 @@ def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
         with _atomic_file(path, force=force) as handle, formats.counting(handle, progress, _tensor_bytes(obj)) as out:
             torch.save(obj, out)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"cannot save {path}: the checkpoint holds something torch.save cannot write ({reason})"
-        ) from exc
+        raise _save_error(path, exc) from exc
     return path
 
 

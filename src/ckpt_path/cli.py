@@ -252,7 +252,11 @@ def convert(
     to: Annotated[str, typer.Option("--to", help="Target: a version, `latest` or `LABEL@latest`.")] = "latest",
     source: Annotated[
         str | None,
-        typer.Option("--from", help="Version of INPUT, when it has no stamp or a wrong one.", show_default=False),
+        typer.Option(
+            "--from",
+            help="Version of INPUT, when it has no stamp or a wrong one; `auto` infers it from the schemas.",
+            show_default=False,
+        ),
     ] = None,
     converters: ConvertersOption = None,
     allow_lossy: AllowLossyOption = False,
@@ -395,38 +399,56 @@ class _StepProgress:
 @app.command("inspect")
 def inspect_command(
     checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="Checkpoint to describe.")],
+    converters: ConvertersOption = None,
     state_dict: StateDictOption = None,
     safe_global: SafeGlobalOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Describe a checkpoint: format, stamped version and history, tensors, bytes, dtypes.
 
-    Reads no tensor data, so it is instant even on a multi-GB file.
+    Reads no tensor data, so it is instant even on a multi-GB file. With a converters directory
+    it also infers the version of an unstamped checkpoint from the schemas, and reports
+    converters edited after they ran. Classes the pickle needs are listed, never imported.
     """
     from ckpt_path.commands import inspect_file
+    from ckpt_path.registry import Registry, find_converters_dir
 
     with _user_errors():
-        info = inspect_file(checkpoint, state_dict_key=state_dict, safe_globals=tuple(safe_global or ()))
+        root = find_converters_dir(converters)
+        registry = Registry.from_directory(root) if root.is_dir() else None
+        info = inspect_file(
+            checkpoint,
+            registry=registry,
+            state_dict_key=state_dict,
+            safe_globals=tuple(safe_global or ()),
+        )
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     where = info["state_dict"] or "top level (flat state dict)"
     dtypes = ", ".join(f"{k} x{v}" for k, v in info["dtypes"].items()) or "none"
+    version = info["version"]
+    if version is None and info["inferred_version"]:
+        version = f"not stamped; {info['inferred_version']} according to {info['version_from']}"
     lines = [
         f"file:        {info['path']} ({_human_bytes(info['file_bytes'])})",
         f"format:      {info['format']}",
-        f"version:     {info['version'] or 'not stamped (use `ckpt-path stamp` or --from)'}",
+        f"version:     {version or 'not stamped (use `ckpt-path stamp` or --from)'}",
         f"state dict:  {where}",
         f"tensors:     {info['tensors']} ({_human_bytes(info['bytes'])}); {dtypes}",
     ]
     if info["keys"]:
         lines.append(f"top level:   {', '.join(info['keys'])}")
+    if info["globals"]:
+        lines.append(f"needs:       {', '.join(info['globals'])} (not allowed by weights_only loading)")
     if info["history"]:
         lines.append("history:")
         for h in info["history"]:
             step = f"{h.get('source')} -> {h.get('target')}"
             lines.append(f"  {h.get('at', '?')}  {step}  {h.get('converter')}  {h.get('digest') or ''}")
     typer.echo("\n".join(line.rstrip() for line in lines))
+    for warning in info["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _human_bytes(n: int) -> str:

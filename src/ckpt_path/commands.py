@@ -5,6 +5,7 @@ The command line is a thin shell over these; a project calls them from Python th
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from collections import Counter
@@ -13,12 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from packaging.version import Version
 
 from ckpt_path.checkpoint import Loaded, Stamp, load_checkpoint, read_stamp, save_checkpoint, write_stamp
-from ckpt_path.errors import CheckpointError, NoStampError, OutputExistsError
+from ckpt_path.errors import (
+    CheckpointError,
+    NoStampError,
+    OutputExistsError,
+    UnsafeCheckpointError,
+    VersionInferenceError,
+)
 from ckpt_path.formats import Progress
+from ckpt_path.pickles import Moves, everything_deleted
 from ckpt_path.planner import Plan
+from ckpt_path.provenance import digest_mismatches, infer_version, source_version
 from ckpt_path.registry import Registry
 from ckpt_path.runner import OnStep, StepReport, run
 from ckpt_path.shapes import Schema, signature
@@ -54,22 +62,43 @@ class ConvertResult:
         }
 
 
-def _source_version(loaded: Loaded, source: str | None, registry: Registry) -> Version:
+def _load_and_plan(  # noqa: PLR0913 - what a conversion needs to start
+    path: Path,
+    registry: Registry,
+    *,
+    source: str | None,
+    target: str,
+    allow_lossy: bool,
+    state_dict_key: str | None,
+    safe_globals: tuple[str, ...],
+) -> tuple[Loaded, Plan, list[str]]:
+    """Load a checkpoint, find its version and plan; return warnings about its history.
+
+    A pickle that refers to globals weights-only loading refuses is first read with inert
+    placeholders for all of them (importing nothing) to learn its version; it is then loaded
+    again with the moves declared by the converters on the planned path, and only those.
+    """
+    try:
+        loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+    except UnsafeCheckpointError:
+        if not any(c.moves for c in registry.converters):
+            raise
+        peek = load_checkpoint(
+            path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=everything_deleted()
+        )
+        version, _ = source_version(peek, source, registry)
+        plan = registry.plan(version, target, allow_lossy=allow_lossy)
+        moves = Moves.merge(s.converter.moves for s in plan.steps if s.converter.moves)
+        loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=moves)
+    version, origin = source_version(loaded, source, registry)
     stamp = read_stamp(loaded.obj, loaded.state_dict_path)
-    if source is not None:
-        version = registry.planner.resolve(source)
-        if stamp is not None and parse_version(stamp.version) != version:
-            log.warning(
-                "%s is stamped %s but --from %s was given; using %s",
-                loaded.path,
-                stamp.version,
-                source,
-                version,
-            )
-        return version
-    if stamp is None:
-        raise NoStampError(str(loaded.path))
-    return registry.planner.resolve(stamp.version)
+    warnings = digest_mismatches(stamp, registry)
+    if origin == "--from" and stamp is not None and parse_version(stamp.version) != version:
+        warnings.append(f"{path} is stamped {stamp.version} but --from {source} was given; using {version}")
+    if origin not in {"stamp", "--from"}:
+        log.info("%s has no stamp; its version %s comes from %s", path, version, origin)
+    plan = registry.plan(version, target, allow_lossy=allow_lossy)
+    return loaded, plan, warnings
 
 
 def _to_meta(loaded: Loaded) -> None:
@@ -117,9 +146,15 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
             raise OutputExistsError(str(output_path))
         if input_path.exists() and output_path.exists() and output_path.samefile(input_path):
             raise CheckpointError(f"{output_path} is the input; write the result to another path")
-    loaded = load_checkpoint(input_path, state_dict_key=state_dict_key, safe_globals=safe_globals)
-    version = _source_version(loaded, source, registry)
-    plan = registry.plan(version, target, allow_lossy=allow_lossy)
+    loaded, plan, warnings = _load_and_plan(
+        input_path,
+        registry,
+        source=source,
+        target=target,
+        allow_lossy=allow_lossy,
+        state_dict_key=state_dict_key,
+        safe_globals=safe_globals,
+    )
     if dry_run:
         _to_meta(loaded)
     outcome = run(
@@ -147,7 +182,7 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
         output=written,
         plan=plan,
         steps=outcome.steps,
-        warnings=outcome.warnings,
+        warnings=warnings + outcome.warnings,
         dry_run=dry_run,
     )
 
@@ -169,29 +204,52 @@ def load(  # noqa: PLR0913 - mirrors convert_file
     are logged on the ``ckpt_path`` logger.
     """
     registry = registry or Registry.from_directory()
-    loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
-    version = _source_version(loaded, source, registry)
-    plan = registry.plan(version, target, allow_lossy=allow_lossy)
+    loaded, plan, warnings = _load_and_plan(
+        Path(path),
+        registry,
+        source=source,
+        target=target,
+        allow_lossy=allow_lossy,
+        state_dict_key=state_dict_key,
+        safe_globals=safe_globals,
+    )
     outcome = run(plan, loaded.obj, state_dict_path=loaded.state_dict_path, schemas=registry.schema, strict=strict)
     if plan.steps:
         path_text = " -> ".join(str(v) for v in plan.versions)
         persist = f"ckpt-path convert {shlex.quote(str(path))} -o OUTPUT --to {shlex.quote(str(plan.target))}"
         log.info("upgraded %s in memory along %s; to keep it: %s", path, path_text, persist)
-    for warning in outcome.warnings:
+    for warning in warnings + outcome.warnings:
         log.warning("%s", warning)
     return outcome.checkpoint
 
 
 def inspect_file(
-    path: str | Path, *, state_dict_key: str | None = None, safe_globals: tuple[str, ...] = ()
+    path: str | Path,
+    *,
+    registry: Registry | None = None,
+    state_dict_key: str | None = None,
+    safe_globals: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Describe a checkpoint without reading tensor data: format, stamp, tensors, bytes."""
-    loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+    """Describe a checkpoint without reading tensor data: format, stamp, tensors, bytes.
+
+    A pickle with globals that weights-only loading refuses is described with inert
+    placeholders for them (nothing is imported) and lists them under ``globals``. With a
+    ``registry``, an unstamped checkpoint's version is inferred from the schemas where one
+    matches (``inferred_version``), and edited converters are reported (``warnings``).
+    """
+    needs: list[str] = []
+    try:
+        loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+    except UnsafeCheckpointError as exc:
+        needs = list(exc.globals_needed)
+        loaded = load_checkpoint(
+            path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=everything_deleted()
+        )
     stamp = read_stamp(loaded.obj, loaded.state_dict_path)
     sig = signature(loaded.state_dict)
     nbytes = sum(v.numel() * v.element_size() for v in loaded.state_dict.values() if isinstance(v, torch.Tensor))
     top_keys = sorted(str(k) for k in loaded.obj) if loaded.state_dict_path else []
-    return {
+    info: dict[str, Any] = {
         "path": str(loaded.path),
         "format": loaded.format,
         "version": stamp.version if stamp else None,
@@ -199,10 +257,33 @@ def inspect_file(
         "state_dict": ".".join(loaded.state_dict_path),
         "tensors": len(sig),
         "bytes": nbytes,
-        "file_bytes": loaded.path.stat().st_size,
+        "file_bytes": _size(loaded),
         "dtypes": dict(sorted(Counter(spec.dtype for spec in sig.values()).items())),
         "keys": top_keys,
+        "globals": needs,
+        "inferred_version": None,
+        "warnings": [],
     }
+    if registry is not None:
+        info["warnings"] = digest_mismatches(stamp, registry)
+        if stamp is None:
+            try:
+                version, origin = source_version(loaded, None, registry)
+                info["inferred_version"], info["version_from"] = str(version), origin
+            except NoStampError:
+                try:
+                    info["inferred_version"], info["version_from"] = str(infer_version(loaded, registry)), "schemas"
+                except VersionInferenceError as exc:
+                    info["warnings"].append(str(exc))
+    return info
+
+
+def _size(loaded: Loaded) -> int:
+    size = loaded.path.stat().st_size
+    if loaded.format == "safetensors-sharded":  # the index was read and checked on load
+        weight_map = json.loads(loaded.path.read_text(encoding="utf-8"))["weight_map"]
+        size += sum((loaded.path.parent / shard).stat().st_size for shard in set(weight_map.values()))
+    return size
 
 
 def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`

@@ -12,6 +12,7 @@ import ast
 import hashlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from packaging.version import Version
 
 from ckpt_path.errors import ConverterFileError, VersionError
 from ckpt_path.ops import OPS, Op, OpError, invert
+from ckpt_path.pickles import Moves
 from ckpt_path.versions import parse_version
 
 __all__ = [
@@ -32,7 +34,17 @@ __all__ = [
 ConvertFn = Callable[[Any], Any]
 WhenFn = Callable[[Any], bool]
 
-_LITERALS = ("source", "target", "reversible", "lossy", "cost", "touches")
+_LITERALS = (
+    "source",
+    "target",
+    "reversible",
+    "lossy",
+    "cost",
+    "touches",
+    "moved_modules",
+    "moved_globals",
+    "deleted_globals",
+)
 _CODE = ("convert", "ops", "when")
 MIN_COST = 1e-6
 """Costs are summed in millionths, so that equal totals compare equal whatever the order."""
@@ -57,12 +69,15 @@ class Converter:
     touches: tuple[str, ...] | None = None
     reversible: bool = False
     kind: str = "convert"
-    """``"convert"`` for a function, ``"ops"`` for declarative operations."""
+    """``"convert"`` for a function, ``"ops"`` for declarative operations, ``"moves"`` for a
+    file that only declares moved globals (its step leaves the state dict as it is)."""
     digest: str = ""
     """Fingerprint of the converter's code, recorded in the stamp's history."""
     inverse: bool = False
     """True for the edge registered automatically from a ``reversible`` file."""
     has_when: bool = False
+    moves: Moves | None = None
+    """How pickled globals moved in this step's code (see :mod:`ckpt_path.pickles`)."""
     convert: ConvertFn | None = field(default=None, compare=False, repr=False)
     when: WhenFn | None = field(default=None, compare=False, repr=False)
     ops: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
@@ -235,6 +250,9 @@ def _read_literals(names: dict[str, ast.stmt], file: str) -> dict[str, Any]:
         "lossy": _bool,
         "cost": _check_cost,
         "touches": _touches,
+        "moved_modules": _name_map,
+        "moved_globals": _name_map,
+        "deleted_globals": _names,
     }
     meta: dict[str, Any] = {}
     for name, check in checks.items():
@@ -247,12 +265,33 @@ def _read_literals(names: dict[str, ast.stmt], file: str) -> dict[str, Any]:
     return meta
 
 
-def _check_code(names: dict[str, ast.stmt], file: str, *, reversible: bool) -> bool:
-    """Check that the file defines convert or ops (not both); return True for ops."""
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_*][A-Za-z0-9_*]*)*")
+
+
+def _name_map(value: object, name: str, file: str, line: int) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _DOTTED.fullmatch(k) and _DOTTED.fullmatch(v)
+        for k, v in value.items()
+    ):
+        raise ConverterFileError(file, f'{name} must map dotted names to dotted names ({{"old.mod": "new.mod"}})', line)
+    return dict(value)
+
+
+def _names(value: object, name: str, file: str, line: int) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and _DOTTED.fullmatch(v) for v in value):
+        raise ConverterFileError(file, f"{name} must be a list of dotted names (globs allowed)", line)
+    return tuple(value)
+
+
+def _check_code(names: dict[str, ast.stmt], file: str, *, reversible: bool, moves: bool = False) -> bool:
+    """Check that the file defines convert or ops (not both); return True for ops.
+
+    A file that only declares moved globals needs neither: its step leaves the state dict alone.
+    """
     has_convert, has_ops = "convert" in names, "ops" in names
     if has_convert and has_ops:
         raise ConverterFileError(file, "define either convert or ops, not both", names["ops"].lineno)
-    if not has_convert and not has_ops:
+    if not has_convert and not has_ops and not moves:
         raise ConverterFileError(file, "defines neither `def convert(ckpt)` nor `ops = [...]`", 1)
     if reversible and not has_ops:
         raise ConverterFileError(
@@ -281,7 +320,13 @@ def read_converter_file(path: Path, *, display: str | None = None) -> Converter:
     source, target = meta["source"], meta["target"]
     if source == target:
         raise ConverterFileError(file, f"source and target are both {source}", names["target"].lineno)
-    has_ops = _check_code(names, file, reversible=meta.get("reversible", False))
+    moves = Moves(
+        modules=meta.get("moved_modules", {}),
+        globals=meta.get("moved_globals", {}),
+        deleted=meta.get("deleted_globals", ()),
+        declared_by=file,
+    )
+    has_ops = _check_code(names, file, reversible=meta.get("reversible", False), moves=bool(moves))
     ops = _read_ops(names["ops"], file) if has_ops else None
     if ops is not None and meta.get("reversible", False) and invert(ops) is None:
         culprit = next(op for op in ops if op.inverse() is None)
@@ -303,12 +348,13 @@ def read_converter_file(path: Path, *, display: str | None = None) -> Converter:
         file=file,
         lossy=lossy,
         cost=meta.get("cost", 1.0),
-        touches=meta.get("touches"),
+        touches=meta.get("touches", () if not has_ops and "convert" not in names else None),
         reversible=meta.get("reversible", False),
-        kind="ops" if has_ops else "convert",
+        kind="ops" if has_ops else "convert" if "convert" in names else "moves",
         digest=file_digest(data),
         has_when="when" in names,
         ops=ops,
+        moves=moves or None,
     )
 
 

@@ -11,11 +11,13 @@ its traceback.
     │   ├── DuplicateConverterError  two converters for one source -> target pair
     │   ├── UnknownVersionError      a version no converter mentions
     │   ├── NoPathError              no path from source to target
-    │   └── LossyPathError           only lossy paths exist and lossy steps were not allowed
+    │   ├── LossyPathError           only lossy paths exist and lossy steps were not allowed
+    │   └── UnsupportedVersionError  older than the oldest version the project still converts
     ├── CheckpointError
     │   ├── UnreadableCheckpointError  truncated, foreign or missing file
     │   ├── UnsafeCheckpointError      needs unpickling beyond weights_only=True
     │   ├── NoStampError               no version stamped and none given
+    │   ├── VersionInferenceError      no schema, or several, match an unstamped state dict
     │   └── OutputExistsError          OUTPUT exists and --force was not given
     ├── StepError                    a converter raised or returned the wrong thing
     └── ShapeMismatchError           a step left the state dict in an unexpected shape
@@ -46,7 +48,9 @@ __all__ = [
     "UnknownVersionError",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
+    "UnsupportedVersionError",
     "VersionError",
+    "VersionInferenceError",
 ]
 
 _SHOWN = 20
@@ -148,6 +152,23 @@ class LossyPathError(GraphError):
         )
 
 
+class UnsupportedVersionError(GraphError):
+    """A checkpoint older than the oldest version the project still converts."""
+
+    def __init__(self, version: str, oldest: str, last_release: str | None) -> None:
+        self.version = version
+        self.oldest = oldest
+        self.last_release = last_release
+        reader = (
+            f"{last_release} is the last release that reads it"
+            if last_release
+            else "no release that reads it is recorded ([tool.ckpt-path] last-release)"
+        )
+        super().__init__(
+            f"version {version} is older than {oldest}, the oldest version this project still converts; {reader}",
+        )
+
+
 class CheckpointError(CkptPathError):
     """A checkpoint that cannot be read, trusted or written."""
 
@@ -188,6 +209,24 @@ class NoStampError(CheckpointError):
             f"{path} has no ckpt-path stamp: pass --from VERSION, "
             f"or stamp it once with `ckpt-path stamp {path} VERSION`",
         )
+
+
+class VersionInferenceError(CheckpointError):
+    """No schema, or more than one, matches the state dict of an unstamped checkpoint.
+
+    ``closeness`` maps each version with a schema to the number of keys that differ from it.
+    """
+
+    def __init__(self, path: str, matches: Sequence[str], closeness: Sequence[tuple[str, int]]) -> None:
+        self.path = path
+        self.matches = tuple(matches)
+        self.closeness = tuple(closeness)
+        near = ", ".join(f"{v} ({n} key(s) differ)" for v, n in self.closeness[:5]) or "no version has a schema"
+        if self.matches:
+            what = f"its state dict matches the schemas of {', '.join(self.matches)}: ambiguous"
+        else:
+            what = f"its state dict matches no schema; closest: {near}"
+        super().__init__(f"cannot tell the version of {path}: {what}; pass --from VERSION")
 
 
 class OutputExistsError(CheckpointError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,48 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["ENV_VAR", "Registry", "find_converters_dir"]
+__all__ = ["ENV_VAR", "Registry", "Settings", "find_converters_dir", "read_settings"]
 
 ENV_VAR = "CKPT_PATH_CONVERTERS"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """A project's ``[tool.ckpt-path]`` table in ``./pyproject.toml``.
+
+    ``version_key``: a dotted key (``hyper_parameters.version``) where checkpoints saved
+    before ckpt-path already recorded their version. ``oldest``: the oldest version still
+    converted; ``last_release``: what reads checkpoints older than that (for the message).
+    """
+
+    converters: Path | None = None
+    version_key: str | None = None
+    oldest: Version | None = None
+    last_release: str | None = None
+
+
+def read_settings(cwd: Path | None = None) -> Settings:
+    """Read ``[tool.ckpt-path]`` from ``pyproject.toml`` in ``cwd`` (default: the working directory)."""
+    here = cwd or Path.cwd()
+    pyproject = here / "pyproject.toml"
+    if not pyproject.is_file():
+        return Settings()
+    try:
+        config = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConverterFileError(str(pyproject), f"not valid TOML: {exc}") from None
+    table = config.get("tool", {}).get("ckpt-path", {})
+    kinds = {"converters": "a path string", "version-key": "a dotted key string", "oldest": "a version string"}
+    for key, what in {**kinds, "last-release": "a string"}.items():
+        if key in table and not isinstance(table[key], str):
+            raise ConverterFileError(str(pyproject), f"[tool.ckpt-path] {key} must be {what}")
+    oldest = table.get("oldest")
+    return Settings(
+        converters=here / table["converters"] if "converters" in table else None,
+        version_key=table.get("version-key"),
+        oldest=parse_version(oldest) if oldest is not None else None,
+        last_release=table.get("last-release"),
+    )
 
 
 def find_converters_dir(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
@@ -40,18 +80,7 @@ def find_converters_dir(explicit: str | Path | None = None, cwd: Path | None = N
         return Path(explicit)
     if env := os.environ.get(ENV_VAR):
         return Path(env)
-    pyproject = here / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            config = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConverterFileError(str(pyproject), f"not valid TOML: {exc}") from None
-        setting = config.get("tool", {}).get("ckpt-path", {}).get("converters")
-        if setting is not None:
-            if not isinstance(setting, str):
-                raise ConverterFileError(str(pyproject), "[tool.ckpt-path] converters must be a path string")
-            return here / setting
-    return here / "converters"
+    return read_settings(here).converters or here / "converters"
 
 
 def _version_or_none(text: str) -> Version | None:
@@ -69,17 +98,27 @@ class Registry:
     change.
     """
 
-    def __init__(self, converters: Iterable[Converter] = (), *, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        converters: Iterable[Converter] = (),
+        *,
+        directory: Path | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self.directory = directory
+        self.settings = settings or Settings()
         self._converters: list[Converter] = list(converters)
         self._planner: Planner | None = None
         self._schemas: dict[Version, Schema | Path] | None = None
 
     @classmethod
     def from_directory(cls, directory: str | Path | None = None) -> Registry:
-        """Read the converters of a directory (found as :func:`find_converters_dir` says)."""
+        """Read the converters of a directory (found as :func:`find_converters_dir` says).
+
+        The project's ``[tool.ckpt-path]`` settings in ``./pyproject.toml`` come along.
+        """
         root = find_converters_dir(directory)
-        return cls(read_converters(root), directory=root)
+        return cls(read_converters(root), directory=root, settings=read_settings())
 
     @property
     def converters(self) -> tuple[Converter, ...]:

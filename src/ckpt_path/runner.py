@@ -137,12 +137,20 @@ def _code(
         return _ops_convert(converter.ops, sd_path), when if callable(when) else None
     if converter.convert is not None:
         return converter.convert, converter.when
+    if converter.kind == "moves":  # only pickled globals moved: the checkpoint stays as it is
+        module = load_converter_code(converter) if converter.has_when else None
+        when = getattr(module, "when", None)
+        return _unchanged, when if callable(when) else None
     module = load_converter_code(converter)
     convert = getattr(module, "convert", None)
     if not callable(convert):
         raise StepError(str(converter.source), str(converter.target), converter.origin, "convert is not callable")
     when = getattr(module, "when", None)
     return convert, when if callable(when) else None
+
+
+def _unchanged(checkpoint: Any) -> Any:  # noqa: ANN401
+    return checkpoint
 
 
 def _ops_convert(ops: Sequence[Op], sd_path: tuple[str, ...]) -> Callable[[Any], Any]:

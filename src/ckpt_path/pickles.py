@@ -1,0 +1,127 @@
+"""Classes that moved, were renamed or were deleted, inside pickled checkpoints, loaded safely.
+
+A pickle names every class it holds by its dotted path (``pkg.module.Class``). When the code
+moves or deletes that class, the checkpoint no longer loads. A converter file may declare how
+its code's globals moved, with plain literals read from its syntax tree::
+
+    moved_modules = {"anemoi.models.schemas.data_processor": "anemoi.models.schemas.data"}
+    moved_globals = {"anemoi.training.schemas.data.NormalizerSchema": "anemoi.models.schemas.data.NormalizerSchema"}
+    deleted_globals = ["anemoi.models.old.LegacyConfig", "anemoi.models.gone.*"]
+
+Loading still uses ``torch.load(weights_only=True)``: torch's safe-globals mechanism maps
+each old dotted name to the current object (no alias is put into ``sys.modules``), and a
+deleted global becomes an inert :class:`DeletedGlobal` placeholder that a converter can inspect
+or drop. Only the moves of the converters on the plan's path apply.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from ckpt_path.errors import CheckpointError
+
+__all__ = ["DeletedGlobal", "Moves", "placeholder"]
+
+
+class DeletedGlobal:
+    """An inert stand-in for a global that no longer exists; it keeps what the pickle gave it.
+
+    ``args`` and ``kwargs`` are what the pickle constructed it with, ``state`` what it set on
+    it. A converter should drop it, or replace it with something current, before saving.
+    """
+
+    __ckpt_path_global__ = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DeletedGlobal:  # noqa: ANN401, ARG004, PYI034 - any pickle
+        """Create the placeholder; the arguments are kept by ``__init__``."""
+        instance = super().__new__(cls)
+        instance.args = args
+        instance.kwargs = {}
+        instance.state = None
+        return instance
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - any pickle
+        self.args = args
+        self.kwargs = dict(kwargs)
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:  # noqa: ANN401
+        """Keep the pickled state instead of applying it."""
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<deleted {self.__ckpt_path_global__}>"
+
+
+_placeholders: dict[str, type[DeletedGlobal]] = {}
+
+
+def placeholder(name: str) -> type[DeletedGlobal]:
+    """Return the placeholder class that stands in for the deleted global ``name``."""
+    if name not in _placeholders:
+        _placeholders[name] = type(
+            "DeletedGlobal",
+            (DeletedGlobal,),
+            {"__ckpt_path_global__": name, "__module__": __name__, "__qualname__": f"DeletedGlobal[{name}]"},
+        )
+    return _placeholders[name]
+
+
+def _import(dotted: str, declared_by: str) -> object:
+    module, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise CheckpointError(f"{declared_by}: the moved global {dotted} cannot be imported") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Moves:
+    """How pickled globals moved: modules, single globals, and deleted globals (globs allowed)."""
+
+    modules: Mapping[str, str]
+    globals: Mapping[str, str]
+    deleted: tuple[str, ...] = ()
+    declared_by: str = "converters"
+
+    @classmethod
+    def merge(cls, moves: Iterable[Moves]) -> Moves:
+        """Combine the moves of several converters (later ones win on the same name)."""
+        modules: dict[str, str] = {}
+        globals_: dict[str, str] = {}
+        deleted: list[str] = []
+        sources = []
+        for m in moves:
+            modules.update(m.modules)
+            globals_.update(m.globals)
+            deleted.extend(m.deleted)
+            sources.append(m.declared_by)
+        return cls(modules=modules, globals=globals_, deleted=tuple(deleted), declared_by=", ".join(sources))
+
+    def __bool__(self) -> bool:
+        return bool(self.modules or self.globals or self.deleted)
+
+    def resolve(self, name: str) -> object | None:
+        """Return what the pickled global ``name`` stands for now, or None if no move covers it.
+
+        An exact move wins, then a deletion, then the longest moved module.
+        """
+        if name in self.globals:
+            return _import(self.globals[name], self.declared_by)
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.deleted):
+            return placeholder(name)
+        module, _, attr = name.rpartition(".")
+        prefixes = [m for m in self.modules if module == m or module.startswith(m + ".")]
+        if prefixes:
+            old = max(prefixes, key=len)
+            return _import(self.modules[old] + module[len(old) :] + "." + attr, self.declared_by)
+        return None
+
+
+def everything_deleted() -> Moves:
+    """Return moves that make every unknown global a placeholder: to peek without importing anything."""
+    return Moves(modules={}, globals={}, deleted=("*",), declared_by="peek")

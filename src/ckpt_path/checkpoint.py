@@ -8,18 +8,19 @@ what weights-only loading allows is refused with that global's name; it is never
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pickle
 import re
 import tempfile
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +33,9 @@ from ckpt_path.errors import (
     VersionError,
 )
 from ckpt_path.pickles import Moves
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 from ckpt_path.versions import parse_version
 
 __all__ = [
@@ -347,6 +351,8 @@ def _save_error(path: Path, exc: Exception) -> CheckpointError:
             f"cannot save {path}: it still holds a placeholder for the deleted global {name}; "
             "a converter on the path must drop or replace it",
         )
+    if isinstance(exc, OSError):
+        return CheckpointError(f"cannot write {path}: {exc.strerror or reason}")
     return CheckpointError(f"cannot save {path}: the checkpoint holds something torch.save cannot write ({reason})")
 
 
@@ -366,9 +372,10 @@ def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
     ``.safetensors`` writes one safetensors file and ``.safetensors.index.json`` a sharded
     layout (both hold the state dict only: other content is refused unless
     ``state_dict_only``); any other name is written with ``torch.save``. Every file goes to a
-    temporary file beside its target, is fsynced and renamed; on any failure (including
-    Ctrl-C) the temporary file is removed and the target is untouched. An existing target is
-    replaced only with ``force``.
+    temporary file beside its target and is fsynced; only when all are written are they
+    renamed into place (a layout's index last). On any failure (including Ctrl-C) the
+    temporary files are removed and the targets are untouched. An existing target is replaced
+    only with ``force``.
     """
     path = Path(path)
     if path.is_dir():
@@ -376,67 +383,136 @@ def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
     if path.exists() and not force:
         raise OutputExistsError(str(path))
     directory = path.parent if str(path.parent) else Path()
-    if formats.is_sharded(path) and not directory.exists():
+    tensor_only = formats.is_sharded(path) or formats.is_safetensors(path)
+    if tensor_only or state_dict_only:
+        obj = _flat_state_dict(obj, state_dict_path, path, state_dict_only=state_dict_only)
+    if tensor_only:
+        formats.tensor_items(obj)  # type: ignore[arg-type]  # refuse non-tensors before anything touches the disk
+    created = formats.is_sharded(path) and not directory.exists()
+    if created:
         directory.mkdir(parents=True)  # a sharded layout is a directory of its own
     if not directory.is_dir():
         raise CheckpointError(f"cannot write {path}: directory {directory} does not exist")
     try:
-        if formats.is_sharded(path) or formats.is_safetensors(path):
-            flat = _flat_state_dict(obj, state_dict_path, path, state_dict_only=state_dict_only)
-            if formats.is_sharded(path):
-                prefix = path.name[: -len(formats.INDEX_SUFFIX)] or "model"
-                existing = sorted(path.parent.glob(f"{prefix}-*-of-*.safetensors"))
-                if existing and not force:
-                    raise OutputExistsError(str(existing[0]))
-                formats.save_sharded(
-                    flat,
-                    path,
-                    lambda target: _atomic_file(target, force=force),
-                    shard_size=shard_size or DEFAULT_SHARD_SIZE,
-                    metadata=metadata,
-                    progress=progress,
-                )
-            else:
-                with _atomic_file(path, force=force) as handle:
-                    formats.save_safetensors(flat, handle, metadata, progress)
-            return path
-        if state_dict_only:
-            obj = _flat_state_dict(obj, state_dict_path, path, state_dict_only=True)
-        with _atomic_file(path, force=force) as handle, formats.counting(handle, progress, _tensor_bytes(obj)) as out:
-            torch.save(obj, out)
-    except (pickle.PicklingError, AttributeError, TypeError) as exc:
-        raise _save_error(path, exc) from exc
+        with _Transaction(force=force) as transaction:
+            _write(transaction, obj, path, metadata=metadata, shard_size=shard_size, progress=progress)
+    except BaseException as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        if isinstance(exc, pickle.PicklingError | AttributeError | TypeError | OSError):
+            raise _save_error(path, exc) from exc
+        raise
     return path
 
 
-@contextlib.contextmanager
-def _atomic_file(path: Path, *, force: bool) -> Iterator[Any]:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
+def _write(  # noqa: PLR0913 - what a format needs to be written
+    transaction: _Transaction,
+    obj: Any,  # noqa: ANN401 - any checkpoint
+    path: Path,
+    *,
+    metadata: Mapping[str, str] | None,
+    shard_size: int | None,
+    progress: formats.Progress | None,
+) -> None:
+    """Write ``obj`` in the format ``path`` names, into the transaction's temporary files."""
+    if formats.is_sharded(path):
+        replaced = formats.layout_files(path)
+        if replaced and not transaction.force:
+            raise OutputExistsError(str(replaced[0]))
+        written = formats.save_sharded(
+            obj,
+            path,
+            transaction.open,
+            shard_size=shard_size or DEFAULT_SHARD_SIZE,
+            metadata=metadata,
+            progress=progress,
+        )
+        for stale in (p for p in replaced if p not in written):  # shards of the layout this one replaces
+            transaction.on_commit(functools.partial(stale.unlink, missing_ok=True))
+    elif formats.is_safetensors(path):
+        with transaction.open(path) as handle:
+            formats.save_safetensors(obj, handle, metadata, progress)
+    else:
+        with transaction.open(path) as handle, formats.counting(handle, progress, _tensor_bytes(obj)) as out:
+            torch.save(obj, out)
+
+
+class _Transaction:
+    """Temporary files beside their targets: all renamed into place on success, all removed otherwise.
+
+    Without ``force`` a target that exists is never replaced: every target is checked before
+    the first rename, and each is placed with ``link()``, which refuses to clobber.
+    """
+
+    def __init__(self, *, force: bool) -> None:
+        self.force = force
+        self._files: list[tuple[Path, Path]] = []
+        self._after: list[Callable[[], object]] = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            for tmp, _target in self._files:
+                tmp.unlink(missing_ok=True)
+            return
+        try:
+            self._commit()
+        finally:
+            for tmp, _target in self._files:
+                tmp.unlink(missing_ok=True)
+
+    def on_commit(self, action: Callable[[], object]) -> None:
+        """Run ``action`` once every file is in place."""
+        self._after.append(action)
+
+    @contextlib.contextmanager
+    def open(self, target: Path) -> Iterator[Any]:
+        """Open a temporary binary file that becomes ``target`` when the transaction commits."""
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp = Path(name)
+        self._files.append((tmp, target))
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        if force:
-            tmp.replace(path)
-        else:
-            # link() refuses to replace, so a file that appeared meanwhile is never clobbered.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise OutputExistsError(str(path)) from None
-            except OSError:  # a file system without hard links
-                if path.exists():
-                    raise OutputExistsError(str(path)) from None
-                tmp.replace(path)
-            tmp.unlink(missing_ok=True)
-        _fsync_directory(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def _commit(self) -> None:
+        if not self.force:
+            for _tmp, target in self._files:
+                if target.exists():
+                    raise OutputExistsError(str(target))
+        for tmp, target in self._files:
+            _place(tmp, target, force=self.force)
+        for directory in {target.parent for _tmp, target in self._files}:
+            _fsync_directory(directory)
+        for action in self._after:
+            action()
+
+
+def _place(tmp: Path, target: Path, *, force: bool) -> None:
+    if force:
+        tmp.replace(target)
+        return
+    try:
+        os.link(tmp, target)  # refuses to replace a file that appeared meanwhile
+    except FileExistsError:
+        raise OutputExistsError(str(target)) from None
+    except OSError:  # a file system without hard links
+        if target.exists():
+            raise OutputExistsError(str(target)) from None
+        tmp.replace(target)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, *, force: bool) -> Iterator[Any]:
+    """One file written atomically (see :class:`_Transaction`)."""
+    with _Transaction(force=force) as transaction, transaction.open(path) as handle:
+        yield handle
 
 
 def _umask() -> int:

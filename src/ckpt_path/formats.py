@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import json
 import math
+import re
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -180,12 +181,14 @@ def load_sharded(index_path: str | Path) -> tuple[OrderedDict[str, torch.Tensor]
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise UnreadableCheckpointError(name, 'the index has no "weight_map" of key -> shard file')
     state_dict: OrderedDict[str, torch.Tensor] = OrderedDict()
+    shared_metadata: dict[str, str] = {}
     largest = 0
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
         if not shard_path.is_file():
             raise UnreadableCheckpointError(name, f"shard {shard} is missing")
-        tensors, _ = load_safetensors(shard_path)
+        tensors, shard_metadata = load_safetensors(shard_path)
+        shared_metadata.update(shard_metadata)
         largest = max(largest, shard_path.stat().st_size)
         for key in (k for k, v in weight_map.items() if v == shard):
             if key not in tensors:
@@ -194,9 +197,14 @@ def load_sharded(index_path: str | Path) -> tuple[OrderedDict[str, torch.Tensor]
     metadata = index.get("metadata") or {}
     stamp = _stamp_from_metadata(metadata, name) if isinstance(metadata, dict) else None
     state_dict._metadata = OrderedDict({"ckpt_path": stamp}) if stamp else OrderedDict()  # type: ignore[attr-defined]  # noqa: SLF001
-    plain = _plain_metadata(metadata) if isinstance(metadata, dict) else {}
+    plain = {**shared_metadata, **(_plain_metadata(metadata) if isinstance(metadata, dict) else {})}
     plain.pop("total_size", None)
     return state_dict, plain, largest
+
+
+def _with_format(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Metadata with ``format`` set (``pt`` unless given): Hugging Face loaders require it."""
+    return {"format": "pt", **(metadata or {})}
 
 
 def _stamp_metadata(state_dict: Mapping[str, Any]) -> dict[str, str]:
@@ -206,7 +214,8 @@ def _stamp_metadata(state_dict: Mapping[str, Any]) -> dict[str, str]:
     return {"ckpt_path.version": stamp["version"], "ckpt_path.history": json.dumps(stamp.get("history", []))}
 
 
-def _tensors(state_dict: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
+def tensor_items(state_dict: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    """Return the state dict's tensors in writing order; refuse anything safetensors cannot hold."""
     items = []
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
@@ -260,8 +269,8 @@ def save_safetensors(
     progress: Progress | None = None,
 ) -> None:
     """Write a flat state dict as one safetensors file to an open binary file."""
-    items = _tensors(state_dict)
-    meta = {**(metadata or {}), **_stamp_metadata(state_dict)}
+    items = tensor_items(state_dict)
+    meta = {**_with_format(metadata), **_stamp_metadata(state_dict)}
     handle.write(_header(items, meta))
     total = sum(t.numel() * t.dtype.itemsize for _, t in items)
     _write_tensors(handle, items, progress, 0, total)
@@ -280,10 +289,31 @@ def _shards(items: list[tuple[str, torch.Tensor]], limit: int) -> list[list[tupl
     return shards
 
 
+def _shard_name(prefix: str, number: int, count: int) -> str:
+    return f"{prefix}-{number:05d}-of-{count:05d}.safetensors"
+
+
+def layout_files(index_path: Path) -> list[Path]:
+    """Return the files of the sharded layout at ``index_path`` that exist now (shards only).
+
+    The shards its index names, and any file named like one of its shards
+    (``PREFIX-00001-of-00003.safetensors``); other layouts in the directory are left alone.
+    """
+    prefix = index_path.name[: -len(INDEX_SUFFIX)] or "model"
+    pattern = re.compile(rf"{re.escape(prefix)}-\d{{5}}-of-\d{{5}}\.safetensors")
+    found = (
+        {p for p in index_path.parent.iterdir() if pattern.fullmatch(p.name)} if index_path.parent.is_dir() else set()
+    )
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        found |= {index_path.parent / name for name in set(weight_map.values()) if "/" not in name}
+    return sorted(p for p in found if p.is_file())
+
+
 def save_sharded(  # noqa: PLR0913 - a layout needs its index, writer, size and metadata
     state_dict: Mapping[str, Any],
     index_path: Path,
-    atomic: Callable[[Path], contextlib.AbstractContextManager[Any]],
+    open_file: Callable[[Path], contextlib.AbstractContextManager[Any]],
     *,
     shard_size: int,
     metadata: Mapping[str, str] | None = None,
@@ -291,33 +321,29 @@ def save_sharded(  # noqa: PLR0913 - a layout needs its index, writer, size and 
 ) -> list[Path]:
     """Write a sharded layout: shards of at most ``shard_size`` bytes (or one tensor), then the index.
 
-    ``atomic(path)`` opens a temporary file that becomes ``path`` when its block ends. Shards
-    are written first and the index last, so a layout whose index exists is complete.
+    ``open_file(path)`` opens the binary file that will become ``path``; the caller places
+    them all once every one is written. Returns the paths written, index last.
     """
-    items = _tensors(state_dict)
-    meta = {**(metadata or {}), **_stamp_metadata(state_dict)}
+    items = tensor_items(state_dict)
+    meta = {**_with_format(metadata), **_stamp_metadata(state_dict)}
     prefix = index_path.name[: -len(INDEX_SUFFIX)] or "model"
     groups = _shards(items, shard_size)
-    old_shards = sorted(index_path.parent.glob(f"{prefix}-*-of-*.safetensors"))
     total = sum(t.numel() * t.dtype.itemsize for _, t in items)
     weight_map: dict[str, str] = {}
     written: list[Path] = []
     done = 0
     for number, group in enumerate(groups, 1):
-        shard = index_path.parent / f"{prefix}-{number:05d}-of-{len(groups):05d}.safetensors"
+        shard = index_path.parent / _shard_name(prefix, number, len(groups))
         ordered = sorted(group, key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))
-        with atomic(shard) as handle:
+        with open_file(shard) as handle:
             handle.write(_header(ordered, meta))
             done = _write_tensors(handle, ordered, progress, done, total)
         written.append(shard)
         weight_map.update(dict.fromkeys((key for key, _ in group), shard.name))
     index = {"metadata": {**meta, "total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    with atomic(index_path) as handle:
+    with open_file(index_path) as handle:
         handle.write((json.dumps(index, indent=2) + "\n").encode())
     written.append(index_path)
-    for stale in old_shards:  # shards of the layout this one replaced
-        if stale not in written:
-            stale.unlink(missing_ok=True)
     return written
 
 

@@ -127,7 +127,9 @@ def plan(
     with _user_errors():
         registry = _registry(converters)
         if Path(source).is_file() and not _is_version_text(source):
-            source = _stamped_version(Path(source))
+            from ckpt_path.commands import file_version
+
+            source = str(file_version(Path(source), registry))
         result = registry.plan(source, target, allow_lossy=allow_lossy)
     if as_json:
         typer.echo(result.to_json())
@@ -146,17 +148,6 @@ def _is_version_text(text: str) -> bool:
     except VersionError:
         return False
     return True
-
-
-def _stamped_version(path: Path) -> str:
-    from ckpt_path.checkpoint import load_checkpoint, read_stamp
-    from ckpt_path.errors import NoStampError
-
-    loaded = load_checkpoint(path)
-    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
-    if stamp is None:
-        raise NoStampError(str(path))
-    return stamp.version
 
 
 def _print_plan(result: Plan) -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import Version
 
 from ckpt_path.checkpoint import Loaded, Stamp, load_checkpoint, read_stamp, save_checkpoint, write_stamp
 from ckpt_path.errors import (
     CheckpointError,
+    CkptPathError,
     NoStampError,
     OutputExistsError,
     UnsafeCheckpointError,
@@ -32,7 +34,7 @@ from ckpt_path.runner import OnStep, StepReport, run
 from ckpt_path.shapes import Schema, signature
 from ckpt_path.versions import parse_version
 
-__all__ = ["ConvertResult", "capture_schema", "convert_file", "inspect_file", "load", "stamp_file"]
+__all__ = ["ConvertResult", "capture_schema", "convert_file", "file_version", "inspect_file", "load", "stamp_file"]
 
 log = logging.getLogger("ckpt_path")
 
@@ -99,6 +101,19 @@ def _load_and_plan(  # noqa: PLR0913 - what a conversion needs to start
         log.info("%s has no stamp; its version %s comes from %s", path, version, origin)
     plan = registry.plan(version, target, allow_lossy=allow_lossy)
     return loaded, plan, warnings
+
+
+def file_version(path: str | Path, registry: Registry) -> Version:
+    """Return the version of a checkpoint file as ``convert`` would find it (stamp, version-key).
+
+    A pickle with refused globals is read with inert placeholders: nothing is imported.
+    """
+    try:
+        loaded = load_checkpoint(path)
+    except UnsafeCheckpointError:
+        loaded = load_checkpoint(path, moves=everything_deleted())
+    version, _ = source_version(loaded, None, registry)
+    return version
 
 
 def _to_meta(loaded: Loaded) -> None:
@@ -275,6 +290,8 @@ def inspect_file(
                     info["inferred_version"], info["version_from"] = str(infer_version(loaded, registry)), "schemas"
                 except VersionInferenceError as exc:
                     info["warnings"].append(str(exc))
+            except CkptPathError as exc:  # a recorded version that cannot be used: describe anyway
+                info["warnings"].append(str(exc))
     return info
 
 

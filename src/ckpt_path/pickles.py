@@ -16,6 +16,7 @@ or drop. Only the moves of the converters on the plan's path apply.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,19 @@ class DeletedGlobal:
     def __setstate__(self, state: Any) -> None:  # noqa: ANN401
         """Keep the pickled state instead of applying it."""
         self.state = state
+
+    def __copy__(self) -> DeletedGlobal:
+        """Copy the placeholder as it is (``__setstate__`` would wrap its attributes as state)."""
+        twin = type(self).__new__(type(self), *self.args)
+        twin.kwargs, twin.state = dict(self.kwargs), self.state
+        return twin
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DeletedGlobal:
+        """Deep-copy ``args``, ``kwargs`` and ``state`` as they are."""
+        twin = type(self).__new__(type(self), *copy.deepcopy(self.args, memo))
+        twin.kwargs = copy.deepcopy(self.kwargs, memo)
+        twin.state = copy.deepcopy(self.state, memo)
+        return twin
 
     def __repr__(self) -> str:
         return f"<deleted {self.__ckpt_path_global__}>"

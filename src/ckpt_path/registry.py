@@ -60,10 +60,14 @@ def read_settings(cwd: Path | None = None) -> Settings:
         if key in table and not isinstance(table[key], str):
             raise ConverterFileError(str(pyproject), f"[tool.ckpt-path] {key} must be {what}")
     oldest = table.get("oldest")
+    try:
+        oldest_version = parse_version(oldest) if oldest is not None else None
+    except VersionError as exc:
+        raise ConverterFileError(str(pyproject), f"[tool.ckpt-path] oldest: {exc}") from None
     return Settings(
         converters=here / table["converters"] if "converters" in table else None,
         version_key=table.get("version-key"),
-        oldest=parse_version(oldest) if oldest is not None else None,
+        oldest=oldest_version,
         last_release=table.get("last-release"),
     )
 

@@ -37,6 +37,7 @@ class Benchmark:
 BENCHMARKS = [
     Benchmark("plan", "bench_plan.py"),
     Benchmark("coldstart", "bench_coldstart.py"),
+    Benchmark("convert", "bench_convert.py"),
 ]
 
 

@@ -13,7 +13,6 @@ import os
 import pickle
 import re
 import tempfile
-import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
@@ -478,8 +477,7 @@ class _Transaction:
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
-            with _write_back(handle.fileno()):
-                yield handle
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -508,32 +506,6 @@ def _place(tmp: Path, target: Path, *, force: bool) -> None:
         if target.exists():
             raise OutputExistsError(str(target)) from None
         tmp.replace(target)
-
-
-WRITE_BACK_SECONDS = 0.05
-
-
-@contextlib.contextmanager
-def _write_back(fd: int) -> Iterator[None]:
-    """Flush written pages to disk in a background thread while the caller goes on writing.
-
-    ``fdatasync`` releases the GIL, so the disk works while ``torch.save`` serialises; the
-    final ``fsync`` then finds little left to do instead of waiting for the whole file.
-    """
-    done = threading.Event()
-
-    def flush() -> None:
-        while not done.wait(WRITE_BACK_SECONDS):
-            with contextlib.suppress(OSError):
-                os.fdatasync(fd)
-
-    thread = threading.Thread(target=flush, name="ckpt-path-write-back", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 @contextlib.contextmanager

@@ -78,6 +78,18 @@ AllowLossyOption = Annotated[
 ]
 
 
+def _settle_imports() -> None:
+    """Move everything imported so far out of the garbage collector's way.
+
+    torch and its friends leave hundreds of thousands of objects; every full collection walks
+    them all (about 70 ms each). Freezing them after the imports saved 0.36 to 0.51 s per
+    ``convert`` in benchmarks/bench_convert.py.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
@@ -287,6 +299,8 @@ def convert(
     """
     from ckpt_path.commands import convert_file
 
+    _settle_imports()
+
     progress = _StepProgress(enabled=not as_json)
     with _user_errors():
         registry = _registry(converters)
@@ -402,6 +416,8 @@ def inspect_command(
     converters edited after they ran. Classes the pickle needs are listed, never imported.
     """
     from ckpt_path.commands import inspect_file
+
+    _settle_imports()
     from ckpt_path.registry import Registry, find_converters_dir
 
     with _user_errors():
@@ -474,6 +490,8 @@ def stamp(
     """
     from ckpt_path.commands import stamp_file
 
+    _settle_imports()
+
     with _user_errors():
         written = stamp_file(
             checkpoint,
@@ -504,6 +522,8 @@ def schema(
     Edit the file to name dimensions (["hidden", 6]) or use glob keys ("layers.*.weight").
     """
     from ckpt_path.commands import capture_schema
+
+    _settle_imports()
     from ckpt_path.registry import find_converters_dir
 
     with _user_errors():

@@ -142,6 +142,13 @@ def _round_trips(registry: Registry) -> list[Finding]:
             findings.append(
                 Finding(file=converter.origin, message=f"round trip {source} -> {target} -> {source} fails: {exc}"),
             )
+        except Exception as exc:  # noqa: BLE001 - one broken case is a finding, not a crash of the lint
+            findings.append(
+                Finding(
+                    file=converter.origin,
+                    message=f"round trip {source} -> {target} -> {source} raised {type(exc).__name__}: {exc}",
+                ),
+            )
     return findings
 
 

@@ -328,6 +328,14 @@ def read_converter_file(path: Path, *, display: str | None = None) -> Converter:
     )
     has_ops = _check_code(names, file, reversible=meta.get("reversible", False), moves=bool(moves))
     ops = _read_ops(names["ops"], file) if has_ops else None
+    if ops is not None and meta.get("reversible", False) and any(op.is_lossy() for op in ops):
+        culprit = next(op for op in ops if op.is_lossy())
+        raise ConverterFileError(
+            file,
+            f"reversible = True, but {type(culprit).__name__} is lossy, so the way back cannot restore "
+            "what it threw away; drop reversible or write the inverse edge as its own file",
+            names["reversible"].lineno,
+        )
     if ops is not None and meta.get("reversible", False) and invert(ops) is None:
         culprit = next(op for op in ops if op.inverse() is None)
         raise ConverterFileError(

@@ -124,7 +124,8 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         return True
     if a.numel() == 0:
         return True
-    return bool(torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)))
+    # reshape(-1): a 0-d tensor cannot be viewed as bytes of another element size.
+    return bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
 
 
 def assert_round_trip(registry: Registry, source: str, target: str, checkpoint: Any = None) -> None:  # noqa: ANN401

@@ -1,0 +1,337 @@
+"""`ckpt-path check` and `ckpt-path new`: the authoring tools for converter directories."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from ckpt_fixtures import CKPT_PATH_BIN
+from ckpt_path.check import Finding, check_directory, scaffold_converter
+from ckpt_path.cli import app
+from ckpt_path.converters import read_converter_file
+from ckpt_path.errors import CkptPathError
+from ckpt_path.registry import Registry
+from ckpt_path.testing import assert_equal_checkpoints, run_edge, synthetic_checkpoint
+from conftest import EXAMPLE_CONVERTERS
+
+RESIZE_TO_1_2 = '''"""Go to 1.2.0."""
+
+source = "1.1.0"
+target = "1.2.0"
+
+
+def convert(ckpt):
+    return ckpt
+'''
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """Copy the example converters and their schemas into ``tmp_path``."""
+    return Path(shutil.copytree(EXAMPLE_CONVERTERS, tmp_path / "converters"))
+
+
+def check(directory: Path) -> Result:
+    """Run ``ckpt-path check --converters DIRECTORY`` in process."""
+    return CliRunner().invoke(app, ["check", "--converters", str(directory)])
+
+
+def new(directory: Path, *args: str) -> Result:
+    """Run ``ckpt-path new ARGS --converters DIRECTORY`` in process."""
+    return CliRunner().invoke(app, ["new", *args, "--converters", str(directory)])
+
+
+def errors(result: Result) -> list[str]:
+    """Return the ``error:`` lines of a failed check, asserting exit 1."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def problems(directory: Path) -> list[Finding]:
+    """Return the problems (not the notes) ``check_directory`` finds."""
+    return [f for f in check_directory(directory) if f.problem]
+
+
+def assert_reported(directory: Path, file: Path, *fragments: str) -> None:
+    """Assert both the CLI and ``check_directory`` report ``file`` with every fragment."""
+    lines = errors(check(directory))
+    assert any(str(file) in line and all(f in line for f in fragments) for line in lines), lines
+    found = [f for f in problems(directory) if Path(f.file) == file]
+    assert any(all(frag in f.message for frag in fragments) for f in found), found
+
+
+def test_clean_example_directory_passes(examples):
+    """The example converters pass: exit 0, "converters OK", no errors and no problems."""
+    result = check(examples)
+    assert result.exit_code == 0, result.output
+    assert "converters OK" in result.stdout
+    assert "error:" not in result.output
+    assert problems(examples) == []
+
+
+def test_installed_command_passes_the_examples(examples):
+    """The installed `ckpt-path check` accepts the example directory, as a user runs it."""
+    done = subprocess.run(
+        [str(CKPT_PATH_BIN), "check", "--converters", str(examples)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "converters OK" in done.stdout
+
+
+def test_file_that_does_not_parse_is_reported_with_its_line(examples):
+    """A converter file with a syntax error is an error naming the file and its line."""
+    bad = examples / "007_broken.py"
+    bad.write_text('source = "1.1.0"\ntarget = "1.2.0"\n\n\ndef convert(:\n    return ckpt\n', encoding="utf-8")
+    assert_reported(examples, bad, "syntax error")
+    (finding,) = [f for f in problems(examples) if Path(f.file) == bad]
+    assert finding.line == 5
+
+
+def test_file_whose_import_fails_is_reported(examples):
+    """A `convert` file that raises when imported is an error naming the file and the exception."""
+    bad = examples / "007_raises.py"
+    bad.write_text(
+        RESIZE_TO_1_2.replace("\n\ndef convert", '\nraise RuntimeError("boom at import")\n\n\ndef convert'),
+        encoding="utf-8",
+    )
+    assert_reported(examples, bad, "boom at import")
+
+
+def test_file_whose_import_is_missing_is_reported(examples):
+    """A `convert` file importing a module that does not exist is an error naming the file."""
+    bad = examples / "007_missing_module.py"
+    bad.write_text(RESIZE_TO_1_2.replace("\n\ndef convert", "\nimport no_such_module_xyz\n\n\ndef convert"))
+    assert_reported(examples, bad, "no_such_module_xyz")
+
+
+def test_non_literal_source_is_bad_metadata(examples):
+    """A `source` that is not a literal string is an error naming the file."""
+    bad = examples / "007_computed.py"
+    bad.write_text(RESIZE_TO_1_2.replace('source = "1.1.0"', 'source = "1.1" + ".0"'), encoding="utf-8")
+    lines = errors(check(examples))
+    assert any(str(bad) in line and "source" in line for line in lines), lines
+    assert any(Path(f.file) == bad and "source" in f.message for f in problems(examples))
+
+
+def test_two_files_for_one_edge_are_reported(examples):
+    """Two files claiming the same edge give one error naming both files."""
+    clash = examples / "007_scale_again.py"
+    clash.write_text(RESIZE_TO_1_2.replace('"1.1.0"', '"1.0.0"').replace('"1.2.0"', '"1.1.0"'), encoding="utf-8")
+    lines = errors(check(examples))
+    duplicate = [line for line in lines if "two converters for 1.0.0 -> 1.1.0" in line]
+    assert len(duplicate) == 1, lines
+    assert str(clash) in duplicate[0]
+    assert str(examples / "006_output_scale.py") in duplicate[0]
+    assert any(Path(f.file) == clash and "two converters" in f.message for f in problems(examples))
+
+
+def test_explicit_file_clashing_with_an_inverse_is_reported(examples):
+    """A file for an edge that a reversible file already provides as its inverse is an error."""
+    clash = examples / "007_lam_back.py"
+    text = RESIZE_TO_1_2.replace('"1.1.0"', '"1.0.0+lam"').replace('"1.2.0"', '"1.0.0"')
+    clash.write_text(text, encoding="utf-8")
+    lines = errors(check(examples))
+    duplicate = [line for line in lines if "two converters for 1.0.0+lam -> 1.0.0" in line]
+    assert len(duplicate) == 1, lines
+    assert str(examples / "004_lam_head.py") + " (inverse)" in duplicate[0]
+    assert str(clash) in duplicate[0]
+
+
+def test_version_that_cannot_reach_latest_is_reported(examples):
+    """A version with no path to latest is an error naming the version and the file reaching it."""
+    dead_end = examples / "007_downgrade.py"
+    dead_end.write_text(RESIZE_TO_1_2.replace('"1.2.0"', '"0.9.0"'), encoding="utf-8")
+    assert_reported(examples, dead_end, "version 0.9.0 cannot reach latest (1.1.0)")
+
+
+def test_narrowing_reversible_cast_is_refused(examples):
+    """A reversible float32 -> float16 cast loses bits, so the file is refused as reversible."""
+    cast = examples / "007_half.py"
+    cast.write_text(
+        '"""Store the scale in half precision."""\n\n'
+        "from ckpt_path.ops import Cast\n\n"
+        'source = "1.1.0"\ntarget = "1.2.0"\nreversible = True\n\n'
+        'ops = [Cast("output_scale", "float16", source_dtype="float32")]\n',
+        encoding="utf-8",
+    )
+    assert_reported(examples, cast, "reversible = True, but Cast is lossy")
+
+
+def test_round_trip_that_changes_the_key_set_is_reported(tmp_path):
+    """A reversible rename whose inverse also catches other keys fails the round trip (schema mismatch)."""
+    directory = tmp_path / "converters"
+    (directory / "schemas").mkdir(parents=True)
+    nest = directory / "001_nest.py"
+    nest.write_text(
+        '"""Nest x under y."""\n\nfrom ckpt_path.ops import Rename\n\n'
+        'source = "1.0.0"\ntarget = "2.0.0"\nreversible = True\n\nops = [Rename("x.{p}", "x.y.{p}")]\n',
+        encoding="utf-8",
+    )
+    (directory / "schemas" / "1.0.0.json").write_text(
+        '{"version": "1.0.0", "tensors": {"x.b": {"shape": [2], "dtype": "float32"},'
+        ' "x.y.c": {"shape": [3], "dtype": "float32"}}}',
+        encoding="utf-8",
+    )
+    assert_reported(directory, nest, "round trip 1.0.0 -> 2.0.0 -> 1.0.0 fails", "x.y.c: missing")
+
+
+def test_round_trip_of_a_checkpoint_with_a_scalar_tensor_passes(tmp_path):
+    """A correct reversible rename passes check even when the schema holds a 0-dim tensor."""
+    directory = tmp_path / "converters"
+    (directory / "schemas").mkdir(parents=True)
+    (directory / "001_rename.py").write_text(
+        '"""Rename x to z."""\n\nfrom ckpt_path.ops import Rename\n\n'
+        'source = "1.0.0"\ntarget = "2.0.0"\nreversible = True\n\nops = [Rename("x.{p}", "z.{p}")]\n',
+        encoding="utf-8",
+    )
+    (directory / "schemas" / "1.0.0.json").write_text(
+        '{"version": "1.0.0", "tensors": {"x.b": {"shape": [2], "dtype": "float32"},'
+        ' "step": {"shape": [], "dtype": "int64"}}}',
+        encoding="utf-8",
+    )
+    result = check(directory)
+    assert result.exit_code == 0, result.output
+    assert "converters OK" in result.stdout
+
+
+def test_disagreeing_paths_are_reported_once(examples):
+    """Paths 1.0.0 -> 1.1.0 and via 1.0.0+lam giving different scales are reported once, not per ancestor."""
+    scale = examples / "006_output_scale.py"
+    scale.write_text(scale.read_text(encoding="utf-8").replace("fill=1.0", "fill=2.0"), encoding="utf-8")
+    lines = errors(check(examples))
+    pair = "paths 1.0.0 -> 1.1.0 and 1.0.0 -> 1.0.0+lam -> 1.1.0 give different checkpoints"
+    reported = [line for line in lines if pair in line]
+    assert len(reported) == 1, lines
+    assert "values differ at output_scale" in reported[0]
+    disagreements = [f for f in problems(examples) if "give different checkpoints" in f.message]
+    assert [f for f in disagreements if pair in f.message], disagreements
+    assert all(f.message.startswith(("paths 1.0.0 ", "paths 1.0.0+lam ")) for f in disagreements), disagreements
+    assert all(Path(f.file).parent == examples for f in disagreements)
+
+
+def test_missing_schemas_are_notes_not_errors(examples):
+    """Without schemas the round trips are not checked: notes on stdout naming each reversible file, exit 0."""
+    shutil.rmtree(examples / "schemas")
+    result = check(examples)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
+    for name in ("002_move_msl.py", "003_fuse_qkv.py", "004_lam_head.py", "006_output_scale.py"):
+        assert any(str(examples / name) in n and "round trip not checked: no schema" in n for n in notes), notes
+    assert "converters OK" in result.stdout
+    findings = check_directory(examples)
+    assert findings
+    assert not [f for f in findings if f.problem]
+
+
+def test_every_problem_is_found_at_once(examples):
+    """Several broken files are all reported in one run, one error line per problem and a count."""
+    (examples / "007_broken.py").write_text("def (:\n", encoding="utf-8")
+    (examples / "008_downgrade.py").write_text(RESIZE_TO_1_2.replace('"1.2.0"', '"0.9.0"'), encoding="utf-8")
+    result = check(examples)
+    lines = errors(result)
+    assert any("007_broken.py" in line for line in lines), lines
+    assert any("008_downgrade.py" in line for line in lines), lines
+    assert f"{len(lines)} problem(s)" in result.stderr
+
+
+def test_missing_directory_is_a_problem(tmp_path):
+    """Checking a directory that does not exist is a problem, not a pass."""
+    result = check(tmp_path / "nowhere")
+    assert result.exit_code == 1, result.output
+    assert "converters OK" not in result.output
+
+
+# ckpt-path new
+
+
+def test_new_writes_the_next_numbered_convert_file(examples):
+    """`new` writes NNN_name.py after the highest number, readable as a convert step with its versions."""
+    result = new(examples, "rename head", "--from", "1.1.0", "--to", "1.2.0")
+    assert result.exit_code == 0, result.output
+    path = examples / "007_rename_head.py"
+    assert str(path) in result.stdout
+    converter = read_converter_file(path)
+    assert (str(converter.source), str(converter.target)) == ("1.1.0", "1.2.0")
+    assert converter.kind == "convert"
+    assert not converter.reversible
+
+
+def test_new_in_an_empty_directory_starts_at_001(tmp_path):
+    """In a directory that has no converters yet, `new` creates it and writes 001_name.py."""
+    directory = tmp_path / "fresh"
+    path = scaffold_converter(directory, "first-step", "0.1.0", "0.2.0")
+    assert path == directory / "001_first_step.py"
+    assert path.is_file()
+
+
+def test_new_with_ops_writes_a_reversible_ops_file(examples):
+    """`new --ops` writes a declarative, reversible ops file that reads back with its versions."""
+    result = new(examples, "fuse_qkv", "--from", "1.1.0", "--to", "1.2.0", "--ops")
+    assert result.exit_code == 0, result.output
+    converter = read_converter_file(examples / "007_fuse_qkv.py")
+    assert (str(converter.source), str(converter.target)) == ("1.1.0", "1.2.0")
+    assert converter.kind == "ops"
+    assert converter.reversible
+
+
+def test_scaffolded_convert_file_runs_as_a_no_op(examples):
+    """A freshly scaffolded convert file imports and runs, leaving the checkpoint unchanged."""
+    assert new(examples, "next", "--from", "1.1.0", "--to", "1.2.0").exit_code == 0
+    registry = Registry.from_directory(examples)
+    checkpoint = synthetic_checkpoint(registry.schema("1.1.0"))
+    assert_equal_checkpoints(checkpoint, run_edge(registry, "1.1.0", "1.2.0", checkpoint))
+    assert check(examples).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "owner"),
+    [("1.0.0", "1.1.0", "006_output_scale.py"), ("1.0.0+lam", "1.0.0", "004_lam_head.py")],
+)
+def test_new_refuses_an_existing_edge(examples, source, target, owner):
+    """`new` refuses an edge a file (or a reversible file's inverse) already converts, naming that file."""
+    before = sorted(p.name for p in examples.glob("*.py"))
+    result = new(examples, "again", "--from", source, "--to", target)
+    assert result.exit_code != 0
+    assert owner in result.output
+    assert f"already converts {source} -> {target}" in result.output
+    assert sorted(p.name for p in examples.glob("*.py")) == before
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [("1.1.0", "1.1.0"), ("1.1.0", "1.1"), ("not-a-version", "1.2.0"), ("1.1.0", "one.two")],
+)
+def test_new_refuses_bad_versions(examples, source, target):
+    """`new` refuses the same source and target, and invalid versions, without writing a file."""
+    before = sorted(p.name for p in examples.glob("*.py"))
+    result = new(examples, "bad", "--from", source, "--to", target)
+    assert result.exit_code != 0
+    assert "error" in result.output.lower()
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in examples.glob("*.py")) == before
+
+
+@pytest.mark.parametrize("name", ["", "___", "!!"])
+def test_new_refuses_a_name_without_letters(tmp_path, name):
+    """A converter name with no letters or digits is refused."""
+    with pytest.raises(CkptPathError):
+        scaffold_converter(tmp_path, name, "1.0.0", "1.1.0")
+    assert list(tmp_path.glob("*.py")) == []
+
+
+@pytest.mark.parametrize(("command", "words"), [("new", ["--from", "--to", "--ops"]), ("check", ["exit 1"])])
+def test_help_text_exists(command, words):
+    """`new --help` and `check --help` describe the command and its options."""
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for word in words:
+        assert word in result.output

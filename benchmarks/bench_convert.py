@@ -32,14 +32,25 @@ Memory: a thread polls ``/proc/PID/status`` every 5 ms and keeps the peaks of ``
 memory-mapped file pages), ``RssFile`` and ``VmHWM``. The headline is peak RssAnon minus the
 peak RssAnon of ``python -c "import torch"``, as a share of the checkpoint's size.
 
+With ``--format safetensors`` it measures a flat state dict in one ``.safetensors`` file
+instead (stamped ``1.0.0`` in ``__metadata__``; written with ``safetensors.torch.save_file``),
+converted along the same four renames written as ``ops = [Rename(...)]`` files:
+
+(a) ``ckpt-path convert IN.safetensors -o OUT.safetensors --to 2.0.0 --force``;
+(b) a bare script doing the same renames with ``safetensors.torch.load_file`` + ``save_file``;
+(b2) the same with ``safe_open`` + ``get_tensor`` per key + ``save_file``;
+(d) ``cp IN OUT``; (a-dry) ``convert --dry-run``; and ``python -c "import torch"`` (baseline).
+
 Linux only (``/proc``, ``wait4``). Run: ``python benchmarks/bench_convert.py`` (1 GiB, 5
-runs), ``--size-gib 4 --runs 9``, or ``--quick`` (64 MiB, 1 run) as a smoke test.
+runs), ``--size-gib 4 --runs 9``, ``--format safetensors``, or ``--quick`` (64 MiB, 1 run) as a
+smoke test.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import shutil
@@ -211,6 +222,88 @@ sys.exit(ckpt_path.cli.main())
 '''
 
 
+ST_STEPS = [
+    ("01_self_attn.py", "1.0.0", "1.1.0", [("model.layers.{i}.attn.{p}.{t}", "model.layers.{i}.self_attn.{p}.{t}")]),
+    (
+        "02_mlp_names.py",
+        "1.1.0",
+        "1.2.0",
+        [
+            ("model.layers.{i}.mlp.fc1.{t}", "model.layers.{i}.mlp.up_proj.{t}"),
+            ("model.layers.{i}.mlp.fc2.{t}", "model.layers.{i}.mlp.down_proj.{t}"),
+        ],
+    ),
+    (
+        "03_embeddings.py",
+        "1.2.0",
+        "1.3.0",
+        [
+            ("model.embed_tokens.{t}", "model.embeddings.tokens.{t}"),
+            ("model.embed_positions.{t}", "model.embeddings.positions.{t}"),
+        ],
+    ),
+    (
+        "04_norm_names.py",
+        "1.3.0",
+        "2.0.0",
+        [
+            ("model.layers.{i}.attn_norm.{t}", "model.layers.{i}.input_layernorm.{t}"),
+            ("model.layers.{i}.mlp_norm.{t}", "model.layers.{i}.post_attention_layernorm.{t}"),
+        ],
+    ),
+]
+"""The same four renames for a flat state dict, as declarative ops (``{x}`` is one dotted segment)."""
+
+ST_CONVERTER = '''"""Rename keys of a flat state dict (safetensors benchmark)."""
+
+from ckpt_path.ops import Rename
+
+source = "{source}"
+target = "{target}"
+
+ops = [{ops}]
+'''
+
+ST_BARE_SCRIPT = '''"""The same renames without ckpt-path, on a safetensors file: what a user would write.
+
+Usage: python bare_st.py IN OUT MODE
+MODE: load_file (safetensors.torch.load_file) or safe_open (get_tensor key by key); both save
+with safetensors.torch.save_file. The stamp in __metadata__ is moved to 2.0.0.
+"""
+
+import datetime
+import json
+import sys
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+RENAMES = {renames!r}
+
+src, dst, mode = sys.argv[1:]
+with safe_open(src, framework="pt") as f:
+    metadata = dict(f.metadata() or {{}})
+    if mode == "safe_open":
+        tensors = {{key: f.get_tensor(key) for key in f.keys()}}
+if mode == "load_file":
+    tensors = load_file(src)
+for step, source, target in RENAMES:
+    for key in list(tensors):
+        for old, new in step:
+            if old in key:
+                tensors[key.replace(old, new, 1)] = tensors.pop(key)
+                break
+    history = json.loads(metadata.get("ckpt_path.history", "[]"))
+    history.append({{
+        "source": source, "target": target, "converter": None, "digest": None,
+        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }})
+    metadata["ckpt_path.history"] = json.dumps(history)
+    metadata["ckpt_path.version"] = target
+save_file(tensors, dst, metadata=metadata)
+'''
+
+
 # --------------------------------------------------------------------------- the checkpoint
 
 
@@ -324,6 +417,35 @@ def write_converters(directory: Path) -> list[Path]:
         )
         files.append(file)
     return files
+
+
+def write_safetensors(path: Path, size: int) -> None:
+    """Write a stamped flat state dict of about ``size`` bytes as one safetensors file (in a child)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {key: torch.randn(dims, generator=generator) * 0.02 for key, dims in model_shape(size).tensors()}
+    metadata = {"format": "pt", "ckpt_path.version": "1.0.0", "ckpt_path.history": "[]"}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def write_st_converters(directory: Path) -> list[Path]:
+    """Write the four rename converters as ``ops`` files for a flat state dict; return them in order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, source, target, renames in ST_STEPS:
+        ops = ", ".join(f"Rename({old!r}, {new!r})" for old, new in renames)
+        file = directory / name
+        file.write_text(ST_CONVERTER.format(source=source, target=target, ops=ops), encoding="utf-8")
+        files.append(file)
+    return files
+
+
+def st_bare_script() -> str:
+    """Return the bare safetensors script, with the same renames as substrings (from STEPS)."""
+    renames = [(renames, source, target) for _, source, target, _, _, renames in STEPS]
+    return ST_BARE_SCRIPT.format(renames=renames)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -469,6 +591,28 @@ def commands(work: Path, converters: Path, files: Sequence[Path]) -> list[Comman
         bare("b+fsync+bg", "mmap-fsync-bg"),
         Command("a-dry", "ckpt-path convert --dry-run (no save)", [*convert, "--dry-run"], None),
         Command("imports", f'python -c "{imports}"', [python, "-c", imports], None),
+        Command("torch", 'python -c "import torch" (baseline)', [python, "-c", "import torch"], None),
+    ]
+
+
+def st_commands(work: Path, converters: Path) -> list[Command]:
+    """List the commands of one safetensors round, in the order they run."""
+    python, cli = sys.executable, ckpt_path_executable()
+    src = work / "in.safetensors"
+    convert = [cli, "convert", str(src), "--to", TARGET, "--converters", str(converters)]
+
+    def out(key: str) -> Path:
+        return work / f"out-{key}.safetensors"
+
+    def bare(key: str, mode: str, label: str) -> Command:
+        return Command(key, label, [python, str(work / "bare_st.py"), str(src), str(out(key)), mode], out(key))
+
+    return [
+        Command("a", "ckpt-path convert", [*convert, "-o", str(out("a")), "--force"], out("a")),
+        bare("b", "load_file", "bare script, load_file + save_file"),
+        bare("b2", "safe_open", "bare script, safe_open + get_tensor per key + save_file"),
+        Command("d", "cp IN OUT", ["cp", str(src), str(out("d"))], out("d")),
+        Command("a-dry", "ckpt-path convert --dry-run (no save)", [*convert, "--dry-run"], None),
         Command("torch", 'python -c "import torch" (baseline)', [python, "-c", "import torch"], None),
     ]
 
@@ -635,6 +779,25 @@ def check_output(out: Path, tensors: int) -> None:
     print(f"checked {out.name}: stamped {TARGET}, {tensors} tensors, every key renamed", file=sys.stderr)
 
 
+def check_st_output(out: Path, tensors: int) -> None:
+    """Check that the safetensors output of (a) is stamped 2.0.0 and has every tensor renamed."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        keys, meta = list(f.keys()), f.metadata() or {}
+    stale = [k for k in keys if any(old in k for *_, renames in STEPS for old, _ in renames)]
+    history = json.loads(meta.get("ckpt_path.history", "[]"))
+    if meta.get("ckpt_path.version") != TARGET or len(keys) != tensors or stale or len(history) != len(ST_STEPS):
+        raise RuntimeError(f"unexpected output: metadata {meta}, {len(keys)} tensors, {stale[:3]}")
+    print(
+        f"checked {out.name}: metadata version {TARGET}, {len(history)} history entries, "
+        f"format {meta.get('format')}, {tensors} tensors, every key renamed",
+        file=sys.stderr,
+    )
+
+
 # --------------------------------------------------------------------------- reporting
 
 
@@ -651,8 +814,18 @@ RATIOS = [
     ("a-dry", "torch", "ckpt-path without the save, on top of torch"),
 ]
 
+ST_RATIOS = [
+    ("a", "b", "ckpt-path / bare load_file + save_file"),
+    ("a", "b2", "ckpt-path / bare safe_open + get_tensor + save_file"),
+    ("a", "d", "ckpt-path / cp"),
+    ("b2", "b", "safe_open per key / load_file"),
+    ("a-dry", "torch", "ckpt-path without the save, on top of torch"),
+]
 
-def report(cmds: Sequence[Command], file_bytes: int) -> tuple[str, str, dict[str, float]]:
+
+def report(
+    cmds: Sequence[Command], file_bytes: int, ratios: Sequence[tuple[str, str, str]] = RATIOS
+) -> tuple[str, str, dict[str, float]]:
     """Return the table of commands, the table of ratios, and the headline figures."""
     by_key = {c.key: c for c in cmds}
     baseline = by_key["torch"].anon_mib()
@@ -688,7 +861,7 @@ def report(cmds: Sequence[Command], file_bytes: int) -> tuple[str, str, dict[str
         "VmHWM MiB",
     )
     ratio_rows = []
-    for top, bottom, meaning in RATIOS:
+    for top, bottom, meaning in ratios:
         x, y = by_key[top], by_key[bottom]
         lowest_x, lowest_y = min(s.wall for s in x.samples), min(s.wall for s in y.samples)
         ratio_rows.append(
@@ -706,7 +879,7 @@ def report(cmds: Sequence[Command], file_bytes: int) -> tuple[str, str, dict[str
         "a_wall": a.wall(),
         "a_over_b": a.wall() / by_key["b"].wall(),
         "a_over_b_min": min(x.wall for x in a.samples) / min(x.wall for x in by_key["b"].samples),
-        "a_over_c": a.wall() / by_key["c"].wall(),
+        "a_over_c": a.wall() / by_key["c"].wall() if "c" in by_key else math.nan,
         "a_over_d": a.wall() / by_key["d"].wall(),
         "a_anon_share": (a.anon_mib() - baseline) / size_mib,
     }
@@ -745,6 +918,10 @@ def run_child(action: str, path: Path, number: int) -> None:
     """Do the work of ``--child ACTION PATH N``."""
     if action == "generate":
         write_checkpoint(path, number)
+    elif action == "st-generate":
+        write_safetensors(path, number)
+    elif action == "st-check":
+        check_st_output(path, number)
     elif action == "check":
         check_output(path, number)
     elif action == "save":
@@ -763,6 +940,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workdir", type=Path, help="where to make the temporary directory (default: the system's temp dir)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated files (and print where)")
+    parser.add_argument(
+        "--format",
+        choices=("torch", "safetensors"),
+        default="torch",
+        help="checkpoint format: a Lightning-style torch checkpoint (default) or a flat .safetensors file",
+    )
     # Internal: the parent never imports torch (its resident size would leak into the figures);
     # it runs itself with --child to write the checkpoint, check the output and time the save.
     parser.add_argument("--child", nargs=3, metavar=("ACTION", "PATH", "N"), help=argparse.SUPPRESS)
@@ -785,6 +968,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ckpt-path-bench-convert-", dir=args.workdir))
     size = int(args.size_gib * GIB)
+    if args.format == "safetensors":
+        return main_safetensors(args, work, size)
     shape = model_shape(size)
     try:
         converters = work / "converters"
@@ -855,6 +1040,64 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "%",
                 goal=100 * GOAL_ANON_SHARE,
                 note=note,
+            ),
+        ],
+    )
+    return 0
+
+
+def main_safetensors(args: argparse.Namespace, work: Path, size: int) -> int:
+    """Run ``--format safetensors``: write the data, run every command, print the tables."""
+    shape = model_shape(size)
+    try:
+        converters = work / "converters"
+        files = write_st_converters(converters)
+        (work / "bare_st.py").write_text(st_bare_script(), encoding="utf-8")
+        started = time.perf_counter()
+        child(["st-generate", str(work / "in.safetensors"), str(size)])
+        file_bytes = (work / "in.safetensors").stat().st_size
+        print(
+            f"{machine()}\nsafetensors file: {file_bytes / MIB:.0f} MiB ({len(shape.tensors())} float32 tensors, "
+            f"{shape.layers} layers, hidden {shape.hidden}, vocabulary {shape.vocab}), written in "
+            f"{time.perf_counter() - started:.1f} s; path of {len(files)} Rename ops files 1.0.0 -> {TARGET}; "
+            f"{args.runs} run(s) after a warm-up round",
+            file=sys.stderr,
+            flush=True,
+        )
+        cmds = st_commands(work, converters)
+        tensors = str(len(shape.tensors()))
+        run_rounds(cmds, args.runs, work / "stderr.log", lambda out: child(["st-check", str(out), tensors]))
+        commands_table, ratios_table, figures = report(cmds, file_bytes, ST_RATIOS)
+        print(
+            f"\n### ckpt-path convert, safetensors, {file_bytes / MIB:.0f} MiB, "
+            f"{args.runs} run(s) after a warm-up round\n"
+        )
+        print(f"{machine()}\n")
+        print(commands_table)
+        print()
+        print(ratios_table)
+        print()
+        print(f"Peak RssAnon of (a) above `import torch`: {figures['a_anon_share']:.1%} of the file.\n", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    label = f"safetensors {file_bytes / MIB:.0f} MiB"
+    write_results(
+        args.json,
+        [
+            Result("convert", f"wall time (a) ckpt-path convert, {label}", round(figures["a_wall"], 3), "s"),
+            Result(
+                "convert", f"wall (a) / bare load_file + save_file (b), {label}", round(figures["a_over_b"], 3), "x"
+            ),
+            Result("convert", f"wall (a) / cp (d), {label}", round(figures["a_over_d"], 3), "x"),
+            Result(
+                "convert",
+                f"peak RssAnon above import torch / file size, {label}",
+                round(100 * figures["a_anon_share"], 1),
+                "%",
+                goal=100 * GOAL_ANON_SHARE,
             ),
         ],
     )

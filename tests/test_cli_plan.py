@@ -313,3 +313,21 @@ def test_installed_command_fails_cleanly(example_dir):
     assert done.stderr.splitlines() == [
         "error: unknown version 9.9.9; nearest known: 1.0.0, 1.1.0, 1.1.0+lam, 1.2.0",
     ]
+
+
+def test_plan_of_a_checkpoint_predicts_each_steps_shapes(tmp_path):
+    """`plan CKPT TARGET` adds each step's added and removed keys, predicted without tensor data."""
+    import torch
+
+    from ckpt_path.demo.models import make_checkpoint
+
+    ckpt = make_checkpoint("0.1.0")
+    ckpt["ckpt_path"] = {"version": "0.1.0", "history": []}
+    path = tmp_path / "old.ckpt"
+    torch.save(ckpt, path)
+    repo_converters = str(Path(__file__).resolve().parents[1] / "converters")
+    result = CliRunner().invoke(app, ["plan", str(path), "1.0.0", "--converters", repo_converters])
+    assert result.exit_code == 0, result.output
+    assert "predicted on the shapes of" in result.stdout
+    assert "+ processor.qkv_proj.weight [48, 16] float32" in result.stdout
+    assert "- g2m_gnn.grid_mlp.0.weight [16, 16] float32" in result.stdout

@@ -129,24 +129,42 @@ def plan(
 ) -> None:
     r"""Print the path from SOURCE to TARGET: the converters that would run, in order.
 
-    SOURCE may be a checkpoint file: its stamp gives the version.
+    SOURCE may be a checkpoint file: its stamp gives the version, and the text output adds
+    what each step will add, remove and reshape, predicted on shapes alone (no tensor data read).
 
     \b
     Examples:
       ckpt-path plan 0.1.0 latest
       ckpt-path plan model.ckpt lam@latest --json
     """
+    checkpoint: Path | None = None
     with _user_errors():
         registry = _registry(converters)
         if Path(source).is_file() and not _is_version_text(source):
             from ckpt_path.commands import file_version
 
-            source = str(file_version(Path(source), registry))
+            checkpoint = Path(source)
+            source = str(file_version(checkpoint, registry))
         result = registry.plan(source, target, allow_lossy=allow_lossy)
     if as_json:
         typer.echo(result.to_json())
         return
     _print_plan(result)
+    if checkpoint is not None and result.steps:
+        from ckpt_path.commands import convert_file
+
+        _settle_imports()
+        with _user_errors():
+            predicted = convert_file(
+                checkpoint,
+                target=str(result.target),
+                source=str(result.source),
+                registry=registry,
+                allow_lossy=allow_lossy,
+                dry_run=True,
+            )
+        typer.echo(f"predicted on the shapes of {checkpoint}:")
+        _print_steps(predicted, shown=None)
 
 
 def _is_version_text(text: str) -> bool:
@@ -335,7 +353,10 @@ def _print_conversion(result: ConvertResult) -> None:
     plan_ = result.plan
     where = "dry run, nothing written" if result.dry_run else f"written to {result.output}"
     typer.echo(f"{result.input}: {plan_.source} -> {plan_.target} in {len(result.steps)} step(s); {where}")
-    shown = None if result.dry_run else 8
+    _print_steps(result, shown=None if result.dry_run else 8)
+
+
+def _print_steps(result: ConvertResult, *, shown: int | None) -> None:
     for i, report in enumerate(result.steps, 1):
         diff = report.diff
         checked = "+".join(report.checked) or "UNCHECKED"

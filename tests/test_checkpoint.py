@@ -391,3 +391,11 @@ def test_saved_file_mode_follows_umask(tmp_path, umask, mask, mode):
     umask(mask)
     out = save_checkpoint({"w": torch.zeros(1)}, tmp_path / "out.ckpt")
     assert stat.S_IMODE(out.stat().st_mode) == mode
+
+
+def test_newer_pickle_protocol_is_one_clear_error(tmp_path):
+    """A file saved with pickle_protocol=4 is refused, naming the protocol, with no torch warning."""
+    path = tmp_path / "p4.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path, pickle_protocol=4)
+    with pytest.raises(UnreadableCheckpointError, match="pickle_protocol above 2"):
+        load_checkpoint(path)

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
@@ -246,7 +247,9 @@ def _torch_load(path: Path, *, zipped: bool, allowed: list[Any], moves: Moves | 
     name = str(path)
     for _ in range(_MAX_ROUNDS):
         try:
-            with torch.serialization.safe_globals(allowed):
+            with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+                # torch warns about a newer pickle protocol before failing on it; the error says more.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
         except pickle.UnpicklingError as exc:
             error = _unpickling_error(name, exc, zipped=zipped)
@@ -309,6 +312,13 @@ def _unpickling_error(name: str, exc: pickle.UnpicklingError, *, zipped: bool) -
     if not zipped:
         return UnreadableCheckpointError(
             name, "not a torch checkpoint (no zip archive, and not the legacy format either)"
+        )
+    if operand := re.search(r"Unsupported operand (\d+)", message):
+        return UnreadableCheckpointError(
+            name,
+            f"its pickle uses an instruction (opcode {operand.group(1)}) that weights_only loading does not "
+            "support, as files saved with pickle_protocol above 2 may; if you trust the file, re-save it once "
+            "with torch.save's default protocol",
         )
     return UnreadableCheckpointError(name, f"not a checkpoint ({message.splitlines()[0][:160]})")
 

@@ -20,8 +20,9 @@ import shlex
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ckpt_path.checkpoint import STAMP_KEY, Stamp, find_state_dict, read_stamp, write_stamp
+from ckpt_path.checkpoint import STAMP_KEY, Loaded, Stamp, find_state_dict, read_stamp, write_stamp
 from ckpt_path.errors import CkptPathError, NoStampError
+from ckpt_path.provenance import source_version
 from ckpt_path.registry import Registry
 from ckpt_path.runner import run
 
@@ -42,9 +43,6 @@ def upgrade_checkpoint(
 
     The version comes from ``source``, else the stamp, else the project's ``version-key``.
     """
-    from ckpt_path.checkpoint import Loaded
-    from ckpt_path.provenance import source_version
-
     sd_path = find_state_dict(checkpoint)
     loaded = Loaded(obj=checkpoint, path=Path("<checkpoint>"), format="torch", state_dict_path=sd_path)
     version, _ = source_version(loaded, source, registry)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ckpt_path.checkpoint import Stamp, write_stamp
+from ckpt_path.stamp import Stamp, write_stamp
 
 CKPT_PATH_BIN = Path(sys.executable).with_name("ckpt-path")
 """The installed console script, run as a user would."""

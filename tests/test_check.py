@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,7 +213,7 @@ def test_disagreeing_paths_are_reported_once(examples):
     pair = "paths 1.0.0 -> 1.1.0 and 1.0.0 -> 1.0.0+lam -> 1.1.0 give different checkpoints"
     reported = [line for line in lines if pair in line]
     assert len(reported) == 1, lines
-    assert "values differ at output_scale" in reported[0]
+    assert "output_scale: values differ" in reported[0]
     disagreements = [f for f in problems(examples) if "give different checkpoints" in f.message]
     assert [f for f in disagreements if pair in f.message], disagreements
     assert all(f.message.startswith(("paths 1.0.0 ", "paths 1.0.0+lam ")) for f in disagreements), disagreements
@@ -230,6 +232,104 @@ def test_missing_schemas_are_notes_not_errors(examples):
     findings = check_directory(examples)
     assert findings
     assert not [f for f in findings if f.problem]
+
+
+PYTEST_BLOCKED = (
+    "import sys; sys.modules['pytest'] = None; from ckpt_path.cli import main; "
+    "sys.argv = ['ckpt-path', 'check', '--converters', sys.argv[1]]; main()"
+)
+
+
+def test_check_needs_no_pytest(examples, tmp_path):
+    """`ckpt-path check` passes the examples in a process where pytest cannot be imported (no dev extras)."""
+    done = subprocess.run(
+        [sys.executable, "-c", PYTEST_BLOCKED, str(examples)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "converters OK" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def write_schema(directory: Path, version: str, tensors: dict[str, tuple[list[int], str]]) -> None:
+    """Write ``schemas/<version>.json`` holding ``key: (shape, dtype)`` entries."""
+    body = {k: {"shape": shape, "dtype": dtype} for k, (shape, dtype) in tensors.items()}
+    (directory / "schemas").mkdir(parents=True, exist_ok=True)
+    (directory / "schemas" / f"{version}.json").write_text(
+        json.dumps({"version": version, "tensors": body}), encoding="utf-8"
+    )
+
+
+def write_ops(directory: Path, name: str, ops: str, *, reversible: bool = True) -> Path:
+    """Write an ops converter 1.0.0 -> 2.0.0 named ``name`` with ``ops`` (the text of the list)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    path.write_text(
+        f'"""{name}."""\n\nfrom ckpt_path.ops import Cast, Rename, Reshape\n\n'
+        f'source = "1.0.0"\ntarget = "2.0.0"\nreversible = {reversible}\n\nops = {ops}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_widening_cast_with_only_the_wider_schema_passes(tmp_path):
+    """A reversible float16 -> float32 Cast passes when only 2.0.0 (float32) has a schema: checked from 1.0.0."""
+    directory = tmp_path / "converters"
+    widen = write_ops(directory, "001_widen", '[Cast("*", "float32", source_dtype="float16")]')
+    write_schema(directory, "2.0.0", {"w": ([3, 2], "float32"), "b": ([3], "float32")})
+    result = check(directory)
+    assert result.exit_code == 0, result.output
+    assert "converters OK" in result.stdout
+    findings = [f for f in check_directory(directory) if Path(f.file) == widen]
+    assert findings == [], findings  # checked (no "not checked" note) and not broken
+
+
+def test_round_trip_from_the_target_schema_names_the_file_direction(tmp_path):
+    """A target-only schema the file's ops cannot produce is a problem named source -> target -> source."""
+    directory = tmp_path / "converters"
+    nest = write_ops(directory, "001_nest", '[Rename("x.{p}", "x.y.{p}")]')
+    write_schema(directory, "2.0.0", {"z.b": ([2], "float32")})
+    assert_reported(directory, nest, "round trip 1.0.0 -> 2.0.0 -> 1.0.0 fails", "schema of 2.0.0")
+
+
+def test_reshape_with_an_inferred_source_shape_is_refused_with_its_line(tmp_path):
+    """`Reshape(..., source_shape=[2, -1])` would fail every run, so check refuses the file at its line."""
+    directory = tmp_path / "converters"
+    reshape = write_ops(directory, "001_flatten", '[\n    Reshape("w", [6], source_shape=[2, -1]),\n]')
+    write_schema(directory, "1.0.0", {"w": ([2, 3], "float32")})
+    assert_reported(directory, reshape, "source_shape")
+    (finding,) = [f for f in problems(directory) if Path(f.file) == reshape]
+    assert finding.line == 10
+
+
+def test_versions_without_a_schema_get_a_note(examples):
+    """A version with no schema is a note (not a problem) saying its steps cannot be verified and how to write one."""
+    (examples / "schemas" / "1.1.0.json").unlink()
+    result = check(examples)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: ") and "has no schema" in line]
+    expected = (
+        f"note: {examples / 'schemas' / '1.1.0.json'}: version 1.1.0 has no schema: steps landing on it cannot be "
+        "verified; write one with `ckpt-path schema CKPT --version 1.1.0`"
+    )
+    assert notes == [expected], notes
+
+
+def test_import_failure_is_reported_by_its_reason_whatever_the_path(tmp_path):
+    """An import failure is reported by the error's reason, even when the file's path holds ": "."""
+    directory = tmp_path / "converters: old"
+    directory.mkdir()
+    bad = directory / "001_raises.py"
+    bad.write_text(
+        RESIZE_TO_1_2.replace("\n\ndef convert", '\nraise RuntimeError("boom at import")\n\n\ndef convert'),
+        encoding="utf-8",
+    )
+    (finding,) = [f for f in problems(directory) if Path(f.file) == bad]
+    assert finding.message.startswith("importing the converter failed: RuntimeError: boom at import"), finding
 
 
 def test_every_problem_is_found_at_once(examples):

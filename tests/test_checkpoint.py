@@ -15,15 +15,7 @@ import torch
 from torch import nn
 
 from ckpt_fixtures import lightning, temp_files, v010_state_dict, write_ckpt, write_unsafe_checkpoint
-from ckpt_path.checkpoint import (
-    STAMP_KEY,
-    Stamp,
-    find_state_dict,
-    load_checkpoint,
-    read_stamp,
-    save_checkpoint,
-    write_stamp,
-)
+from ckpt_path.checkpoint import find_state_dict, load_checkpoint, save_checkpoint
 from ckpt_path.errors import (
     CheckpointError,
     CkptPathError,
@@ -31,6 +23,7 @@ from ckpt_path.errors import (
     UnreadableCheckpointError,
     UnsafeCheckpointError,
 )
+from ckpt_path.stamp import STAMP_KEY, Stamp, read_stamp, write_stamp
 
 HISTORY_ENTRY = {
     "source": "1.0.0",
@@ -71,9 +64,9 @@ def test_load_finds_state_dict(tmp_path, wrap, expected_path):
     sd = v010_state_dict()
     path = write_ckpt(tmp_path / "model.ckpt", wrap(sd))
     loaded = load_checkpoint(path)
-    assert loaded.state_dict_path == expected_path
+    assert loaded.state_dict_at == expected_path
     assert loaded.format == "torch"
-    assert loaded.path == path
+    assert loaded.file == path
     assert same_tensors(dict(loaded.state_dict), sd)
 
 
@@ -81,9 +74,9 @@ def test_state_dict_override_nested_dotted_key(tmp_path):
     """--state-dict model.ema picks a nested state dict over the one detection would find."""
     sd, ema = v010_state_dict(0), v010_state_dict(1)
     path = write_ckpt(tmp_path / "model.ckpt", {"state_dict": sd, "model": {"ema": ema, "decay": 0.99}})
-    assert load_checkpoint(path).state_dict_path == ("state_dict",)
+    assert load_checkpoint(path).state_dict_at == ("state_dict",)
     loaded = load_checkpoint(path, state_dict_key="model.ema")
-    assert loaded.state_dict_path == ("model", "ema")
+    assert loaded.state_dict_at == ("model", "ema")
     assert same_tensors(dict(loaded.state_dict), ema)
 
 
@@ -118,7 +111,7 @@ def test_stamp_round_trip_dict_checkpoint(tmp_path):
     loaded = load_checkpoint(tmp_path / "out.ckpt")
     assert loaded.obj[STAMP_KEY] == {"version": "1.1.0", "history": [HISTORY_ENTRY]}
     assert STAMP_KEY not in loaded.state_dict
-    assert read_stamp(loaded.obj, loaded.state_dict_path) == stamp
+    assert read_stamp(loaded.obj, loaded.state_dict_at) == stamp
     assert loaded.obj["epoch"] == 7
 
 
@@ -140,8 +133,8 @@ def test_stamp_round_trip_flat_state_dict(tmp_path, as_plain_dict):
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
 
     loaded = load_checkpoint(tmp_path / "flat.pt")
-    assert loaded.state_dict_path == ()
-    assert read_stamp(loaded.obj, loaded.state_dict_path) == stamp
+    assert loaded.state_dict_at == ()
+    assert read_stamp(loaded.obj, loaded.state_dict_at) == stamp
 
 
 @pytest.mark.parametrize(
@@ -240,7 +233,7 @@ def test_legacy_checkpoint_loads(tmp_path):
     torch.save(lightning(sd), path, _use_new_zipfile_serialization=False)
     loaded = load_checkpoint(path)
     assert loaded.format == "torch-legacy"
-    assert loaded.state_dict_path == ("state_dict",)
+    assert loaded.state_dict_at == ("state_dict",)
     assert same_tensors(dict(loaded.state_dict), sd)
     assert loaded.obj["hyper_parameters"]["hidden"] == 16
 
@@ -286,7 +279,7 @@ def test_safe_global_allows_trusted_class(tmp_path, monkeypatch):
     loaded = load_checkpoint(path, safe_globals=(global_name,))
     assert type(loaded.obj["extra"]).__name__ == "Payload"
     assert loaded.obj["extra"].value == 3
-    assert loaded.state_dict_path == ("state_dict",)
+    assert loaded.state_dict_at == ("state_dict",)
 
 
 def test_safe_global_that_cannot_be_imported(tmp_path):

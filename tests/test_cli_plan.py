@@ -15,7 +15,7 @@ from ckpt_path.cli import app
 from ckpt_path.registry import ENV_VAR
 from conftest import EXAMPLE_CONVERTERS
 
-PLAN_KEYS = {"source", "target", "cost", "lossy", "steps"}
+PLAN_KEYS = {"source", "requested_source", "target", "cost", "lossy", "steps"}
 STEP_KEYS = {"source", "target", "converter", "file", "lossy", "cost", "description"}
 
 
@@ -77,6 +77,7 @@ def test_plan_json(runner, example_dir):
     assert set(data) == PLAN_KEYS
     assert data == {
         "source": "1.1.0",
+        "requested_source": None,
         "target": "1.1.0+lam",
         "cost": 1.0,
         "lossy": False,
@@ -93,6 +94,22 @@ def test_plan_json(runner, example_dir):
         ],
     }
     assert all(set(step) == STEP_KEYS for step in data["steps"])
+
+
+def test_plan_from_a_version_between_converters(runner, example_dir):
+    """`plan 1.1.7 1.2.0` plans from 1.1.0 and says so, in the text output and as requested_source in JSON."""
+    result = invoke(runner, "plan", "1.1.7", "1.2.0", "--converters", example_dir)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "1.1.7 is not a version of the graph; it reads as 1.1.0, the highest version at or below it on its branch"
+    )
+    assert "1.1.0 -> 1.2.0: 1 step(s), cost 1" in result.stdout
+    assert "b_upgrade" in result.stdout
+    result = invoke(runner, "plan", "1.1.7", "1.2.0", "--json", "--converters", example_dir)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["source"], data["requested_source"], data["target"]) == ("1.1.0", "1.1.7", "1.2.0")
+    assert [s["converter"] for s in data["steps"]] == ["b_upgrade"]
 
 
 def test_plan_json_lossy(runner, example_dir):
@@ -330,4 +347,7 @@ def test_plan_of_a_checkpoint_predicts_each_steps_shapes(tmp_path):
     assert result.exit_code == 0, result.output
     assert "predicted on the shapes of" in result.stdout
     assert "+ processor.qkv_proj.weight [48, 16] float32" in result.stdout
-    assert "- g2m_gnn.grid_mlp.0.weight [16, 16] float32" in result.stdout
+    # 001 is a convert function: not run, so not predicted; the steps after it start from schema 0.2.0.
+    assert "001_rename_grid_mlp  [not predicted: a convert function" in result.stdout
+    assert "later steps are predicted from schema 0.2.0" in result.stdout
+    assert "- g2m_gnn.grid_mlp.0.weight" not in result.stdout

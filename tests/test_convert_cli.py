@@ -27,9 +27,9 @@ from ckpt_fixtures import (
     write_unsafe_checkpoint,
     write_v010,
 )
-from ckpt_path.checkpoint import STAMP_KEY, Stamp, write_stamp
 from ckpt_path.cli import app
 from ckpt_path.registry import ENV_VAR
+from ckpt_path.stamp import STAMP_KEY, Stamp, write_stamp
 
 REPO_CONVERTERS = Path(__file__).resolve().parents[1] / "converters"
 """The repository's converters: only read, never written."""
@@ -427,7 +427,8 @@ FAILURES: dict[str, Scenario] = {
     "converter returns a list": _one_converter("return [ckpt]", "returned a list", touches=[]),
     "converter import fails": _one_converter("import no_such_module_xyz\nreturn ckpt", "no_such_module_xyz"),
     "converter result cannot be saved": _one_converter('ckpt["callback"] = lambda: None\nreturn ckpt', "", touches=[]),
-    "unchecked step with --strict": _graph([("1.0.0", "1.1.0", {})], ["--strict"], "unchecked"),
+    "unchecked step with --strict": _graph([("1.0.0", "1.1.0", {})], ["--strict"], "unverified"),
+    "touches-only step with --strict": _graph([("1.0.0", "1.1.0", {"touches": []})], ["--strict"], "unverified"),
     "unknown target": _graph([("1.0.0", "1.1.0", {"touches": []})], ["--to", "9.9.9"], "9.9.9"),
     "unknown stamped version": _stamped_as("0.5.0", "0.5.0"),
     "no path": _graph(

@@ -157,7 +157,7 @@ def assert_history(history: Iterable[Mapping[str, Any]], converters: Path) -> No
 def assert_stamped(path: Path, converters: Path) -> None:
     """Assert the checkpoint at ``path`` is stamped with the target version and the right history."""
     loaded = ckpt_path.load_checkpoint(path)
-    stamp = ckpt_path.read_stamp(loaded.obj, loaded.state_dict_path)
+    stamp = ckpt_path.read_stamp(loaded.obj, loaded.state_dict_at)
     assert stamp is not None
     assert stamp.version == TARGET_VERSION
     assert_history(stamp.history, converters)
@@ -326,7 +326,7 @@ def test_file_written_by_safetensors_library_loads_with_metadata_and_stamp(tmp_p
     save_file(state_dict, str(stamped), metadata={"format": "pt", **STAMP_METADATA})
 
     loaded = ckpt_path.load_checkpoint(plain)
-    assert (loaded.format, loaded.state_dict_path, loaded.metadata) == ("safetensors", (), {"format": "pt"})
+    assert (loaded.format, loaded.state_dict_at, loaded.metadata) == ("safetensors", (), {"format": "pt"})
     assert_same_tensors(loaded.state_dict, state_dict)
     assert ckpt_path.read_stamp(loaded.obj) is None
     stamp = ckpt_path.read_stamp(ckpt_path.load_checkpoint(stamped).obj)
@@ -690,10 +690,10 @@ def test_rename_only_path_reads_no_tensor_data(tmp_path, converters, fmt):
     read_before = bytes_read()
 
     loaded = load(source)
-    result = run(plan, loaded.obj, state_dict_path=loaded.state_dict_path)
+    result = run(plan, loaded.obj)
 
     read = bytes_read() - read_before
-    state_dict = get_state_dict(result.checkpoint, loaded.state_dict_path)
+    state_dict = get_state_dict(result.checkpoint, loaded.state_dict_at)
     assert sorted(state_dict) == sorted(renamed(dict.fromkeys(where)))
     mapped = mappings(files)
     for key, tensor in state_dict.items():

@@ -114,7 +114,7 @@ def test_saved_checkpoint_is_stamped(old_checkpoint):
     """Lightning's own save goes through the mixin and stamps the checkpoint's version."""
     path, *_ = old_checkpoint
     loaded = load_checkpoint(path)
-    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
+    stamp = read_stamp(loaded.obj, loaded.state_dict_at)
     assert stamp is not None
     assert stamp.version == "1.0.0"
     assert "encoder.0.weight" in loaded.obj["state_dict"]
@@ -144,7 +144,7 @@ def test_trainer_resumes_from_an_old_checkpoint_and_trains_on(old_checkpoint, tm
     resumed = tmp_path / "resumed.ckpt"
     trainer.save_checkpoint(resumed)
     loaded = load_checkpoint(resumed)
-    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
+    stamp = read_stamp(loaded.obj, loaded.state_dict_at)
     assert stamp is not None
     assert stamp.version == "2.0.0"
     assert [(h["source"], h["target"]) for h in stamp.history] == [("1.0.0", "2.0.0")]

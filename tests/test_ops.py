@@ -661,6 +661,8 @@ CONSTRUCTION_ERRORS = [
     pytest.param(lambda: Add("w", (2, -1)), "sizes", id="Add-negative-size"),
     pytest.param(lambda: Cast("w", "torch.float16"), "dtype name", id="Cast-not-a-name"),
     pytest.param(lambda: Cast("w", "float16", source_dtype="Float32"), "dtype name", id="Cast-bad-source"),
+    pytest.param(lambda: Reshape("w", (6,), source_shape=(2, -1)), "source_shape", id="Reshape-inferred-source"),
+    pytest.param(lambda: Reshape("w", (6,), source_shape=(-6,)), "source_shape", id="Reshape-negative-source"),
 ]
 
 

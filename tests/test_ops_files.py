@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 import ckpt_path
 from ckpt_path import ConverterFileError, LossyPathError, Registry, StepError, read_converter_file
-from ckpt_path.checkpoint import STAMP_KEY, Stamp, write_stamp
 from ckpt_path.cli import app
 from ckpt_path.ops import Cast, Concat, MoveIndex, Permute, Rename, Reshape
+from ckpt_path.stamp import STAMP_KEY, Stamp, write_stamp
 
 HEADER = """\
 import torch
@@ -321,6 +321,21 @@ def test_non_literal_ops_are_refused_with_the_line(tmp_path, body, hint):
     assert hint in caught.value.reason
 
 
+def test_reshape_with_a_negative_source_shape_is_refused_when_read(tmp_path):
+    """A reversible Reshape whose source_shape holds -1 (it would fail every run) is refused with file and line."""
+    body = (
+        'source = "1.0.0"\ntarget = "1.1.0"\nreversible = True\n'
+        'ops = [\n    Reshape("w", (6,), source_shape=(2, -1)),  # HERE\n]\n'
+    )
+    path = write_ops_file(tmp_path, "flatten", body)
+    with pytest.raises(ConverterFileError) as caught:
+        read_converter_file(path)
+    assert caught.value.file == str(path)
+    assert caught.value.line == line_of(path, "# HERE")
+    assert "Reshape" in caught.value.reason
+    assert "source_shape" in caught.value.reason
+
+
 def move_index_out_of_range(directory: Path) -> Path:
     """Write a converter 1.0.0 -> 1.1.0 whose MoveIndex does not fit enc.weight of shape [3, 5]."""
     return write_ops_file(
@@ -421,14 +436,17 @@ def test_dry_run_of_a_bad_op_fails_like_the_real_run(tmp_path):
     assert "enc.weight" in result.stderr
 
 
-def test_run_reports_ops_steps_as_checked(tmp_path):
-    """A step made of ops is checked (each op against its prediction) even without touches or a schema."""
+def test_run_reports_ops_steps_as_checked_but_unverified(tmp_path):
+    """A step made of ops is checked against its predictions, but without a schema it is not verified."""
     write_ops_file(tmp_path, "fuse", REVERSIBLE_BODY)
     registry = Registry.from_directory(tmp_path)
-    result = ckpt_path.run(registry.plan("1.0.0", "1.1.0"), lightning(v1_state_dict()), strict=True)
+    result = ckpt_path.run(registry.plan("1.0.0", "1.1.0"), lightning(v1_state_dict()))
     (report,) = result.steps
-    assert "ops" in report.checked
+    assert report.checked == ("ops",)
+    assert (report.verified, report.status) == (False, "unverified")
     assert result.warnings == []
+    with pytest.raises(ckpt_path.UnverifiedStepError, match=r"only its own checks ran \(ops\)"):
+        ckpt_path.run(registry.plan("1.0.0", "1.1.0"), lightning(v1_state_dict()), strict=True)
 
 
 def test_ops_read_from_a_file_equal_ops_made_in_code(tmp_path):

@@ -602,7 +602,7 @@ def test_the_peek_imports_and_runs_nothing(v1_ckpt_legacy_on_disk, project):
     placeholders = [v for v in hparams.values() if isinstance(v, DeletedGlobal)]
     assert {type(v).__ckpt_path_global__ for v in placeholders} == OLD_GLOBALS
     assert hparams["config"].state == {"hidden": 16, "name": "gnn", "features": ["u", "v", "t"]}
-    assert read_stamp(loaded.obj, loaded.state_dict_path).version == "1.0.0"
+    assert read_stamp(loaded.obj, loaded.state_dict_at).version == "1.0.0"
     assert set(sys.modules) == before
     assert sorted(p.name for p in project.marks.iterdir()) == []
 

@@ -275,7 +275,7 @@ def test_no_path_lists_are_shortened():
 @pytest.mark.parametrize(
     ("source", "target", "unknown", "nearest"),
     [
-        ("1.0.5", "1.2.0", "1.0.5", ("1.0.0", "1.1.0", "1.1.0+lam", "1.2.0")),
+        ("0.9.5", "1.2.0", "0.9.5", ("1.0.0", "1.1.0", "1.1.0+lam", "1.2.0")),
         ("1.0.0", "1.1.1", "1.1.1", ("1.0.0", "1.1.0", "1.1.0+lam", "1.2.0")),
         ("1.0.0", "1.1.0+lam.3", "1.1.0+lam.3", ("1.0.0", "1.1.0", "1.1.0+lam", "1.2.0")),
     ],
@@ -352,8 +352,9 @@ def test_plan_to_dict_has_the_contract_keys(example_dir):
 
     plan = Registry.from_directory(example_dir).plan("1.0.0", "1.2.0")
     data = plan.to_dict()
-    assert set(data) == {"source", "target", "cost", "lossy", "steps"}
+    assert set(data) == {"source", "requested_source", "target", "cost", "lossy", "steps"}
     assert data["source"] == "1.0.0"
+    assert data["requested_source"] is None
     assert data["target"] == "1.2.0"
     assert data["cost"] == 2.0
     assert isinstance(data["cost"], float)
@@ -495,3 +496,149 @@ def test_bundled_example_plans_oldest_to_latest():
 
     plan = Registry.from_directory(EXAMPLE_CONVERTERS).plan("0.1.0", "latest")
     assert [str(v) for v in plan.versions] == ["0.1.0", "0.2.0", "0.3.0", "1.0.0", "1.1.0"]
+
+
+# Version ranges: a source that is not a version of the graph reads as the highest version at
+# or below it on its branch.
+
+RANGES = [
+    ("0.5.0", "1.0.0"),
+    ("1.0.0", "1.5.0"),
+    ("1.5.0", "1.6.0"),
+    ("1.0.0", "1.0.0+lam"),
+    ("1.0.0+lam", "1.0.2+lam"),
+    ("1.0.2+lam", "1.6.0"),
+]
+"""A main line 0.5.0 .. 1.6.0 and a ``lam`` branch 1.0.0+lam, 1.0.2+lam."""
+
+
+@pytest.mark.parametrize(
+    ("source", "node"),
+    [
+        ("1.5.4", "1.5.0"),
+        ("1.5.99.1", "1.5.0"),
+        ("9.0", "1.6.0"),
+        ("1.5.0.post1", "1.5.0"),
+        ("1.6.0rc1", "1.5.0"),
+        ("1.0.1+lam", "1.0.0+lam"),
+        ("1.0.3+lam", "1.0.2+lam"),
+        ("1.7+lam", "1.0.2+lam"),
+        ("1.0.2+lam.5", "1.0.2+lam"),
+    ],
+)
+def test_source_between_versions_reads_as_the_one_below(source, node):
+    """A source that is not in the graph plans from the highest version at or below it on its branch."""
+    plan = build_registry(RANGES).plan(source, "1.6.0")
+    assert plan.source == Version(node)
+    assert plan.requested_source == Version(source)
+    assert plan.versions[0] == Version(node)
+    assert plan.versions[-1] == Version("1.6.0")
+
+
+def test_source_in_the_graph_has_no_requested_source():
+    """A source that is a version of the graph is planned from as it is, with requested_source None."""
+    plan = build_registry(RANGES).plan("1.5.0", "1.6.0")
+    assert (plan.source, plan.requested_source) == (Version("1.5.0"), None)
+    assert plan.to_dict()["requested_source"] is None
+    assert str(plan).splitlines()[0] == "1.5.0 -> 1.6.0: 1 step(s), cost 1"
+
+
+def test_branch_source_never_reads_as_a_main_line_version():
+    """1.7+lam reads as the lam branch's 1.0.2+lam, not as the higher main-line 1.6.0 or 1.5.0."""
+    node, requested = Planner(build_graph(build_registry(RANGES).converters)).resolve_source("1.7+lam")
+    assert (node, requested) == (Version("1.0.2+lam"), Version("1.7+lam"))
+
+
+@pytest.mark.parametrize(
+    ("source", "nearest"),
+    [
+        ("0.1", ("0.5.0", "1.0.0", "1.5.0", "1.6.0")),
+        ("0.9+lam", ("0.5.0", "1.0.0", "1.0.0+lam", "1.0.2+lam")),
+        ("1.5.0+exp", ("1.0.0+lam", "1.0.2+lam", "1.5.0", "1.6.0")),
+    ],
+)
+def test_source_with_nothing_below_on_its_branch_is_unknown(source, nearest):
+    """A source with no version at or below it on its branch stays an UnknownVersionError listing the nearest."""
+    planner = Planner(build_graph(build_registry(RANGES).converters))
+    for attempt in (planner.resolve_source, lambda s: planner.plan(s, "1.6.0")):
+        with pytest.raises(UnknownVersionError) as info:
+            attempt(source)
+        assert info.value.version == str(Version(source))
+        assert info.value.nearest == nearest
+
+
+def test_target_not_in_the_graph_is_still_unknown():
+    """Only sources read as the version below: a target that is not in the graph is an UnknownVersionError."""
+    registry = build_registry(RANGES)
+    with pytest.raises(UnknownVersionError) as info:
+        registry.plan("1.5.4", "1.6.1")
+    assert info.value.version == "1.6.1"
+    assert info.value.nearest == ("0.5.0", "1.0.0", "1.5.0", "1.6.0")
+    with pytest.raises(UnknownVersionError):
+        registry.planner.resolve("1.5.4")
+
+
+def test_resolve_source_of_a_version_in_the_graph():
+    """resolve_source returns a version of the graph with None, and accepts `latest` and Version objects."""
+    planner = Planner(build_graph(build_registry(RANGES).converters))
+    assert planner.resolve_source("1.5") == (Version("1.5"), None)
+    assert planner.resolve_source("latest") == (Version("1.6.0"), None)
+    assert planner.resolve_source(Version("1.5.4")) == (Version("1.5.0"), Version("1.5.4"))
+
+
+def test_plan_from_a_version_between_says_so():
+    """The JSON of a plan from a version not in the graph has requested_source, and its text a note line."""
+    plan = build_registry(RANGES).plan("1.5.4", "1.6.0")
+    data = json.loads(plan.to_json())
+    assert (data["source"], data["requested_source"]) == ("1.5.0", "1.5.4")
+    assert str(plan).splitlines() == [
+        "1.5.4 is not a version of the graph; it reads as 1.5.0, the highest version at or below it on its branch",
+        "1.5.0 -> 1.6.0: 1 step(s), cost 1",
+        "  1. 1.5.0 -> 1.6.0  1.5.0->1.6.0  1.5.0 -> 1.6.0",
+    ]
+
+
+def test_empty_plan_from_a_version_between_says_so():
+    """Planning from 1.5.4 to 1.5.0 is an empty plan that still says 1.5.4 read as 1.5.0."""
+    plan = build_registry(RANGES).plan("1.5.4", "1.5.0")
+    assert plan.steps == ()
+    assert plan.requested_source == Version("1.5.4")
+    assert str(plan).splitlines() == [
+        "1.5.4 is not a version of the graph; it reads as 1.5.0, the highest version at or below it on its branch",
+        "1.5.0 is already 1.5.0: nothing to do",
+    ]
+
+
+VERSION_TEXTS = st.builds(
+    lambda release, pre, label: release + pre + label,
+    st.sampled_from(["0.0.5", "0.1", "0.1.5", "0.2", "1.0", "1.0.1", "1.1", "1.5", "2.0", "2.0.1", "3"]),
+    st.sampled_from(["", "", "rc1", ".post1", ".dev0"]),
+    st.sampled_from(["", "", "+lam", "+lam.1", "+lam.2", "+exp"]),
+)
+"""Versions around and between the property test's POOL, on its branches and off them."""
+
+
+@settings(max_examples=200, deadline=None)
+@given(graphs(), VERSION_TEXTS, st.data())
+def test_any_source_plans_as_its_version_below(edges, text, data):
+    """Any source plans exactly as the highest graph version at or below it on its branch, or is unknown."""
+    registry = build_registry(edges)
+    nodes = sorted(registry.planner.versions)
+    target = data.draw(st.sampled_from(nodes), "target")
+    version = Version(text)
+    below = [v for v in nodes if v <= version and (v.local or "").split(".")[0] == (version.local or "").split(".")[0]]
+    if not below:
+        with pytest.raises(UnknownVersionError):
+            registry.plan(version, target, allow_lossy=True)
+        return
+    node = below[-1]
+    assert not any(node < v <= version for v in below)
+    try:
+        expected = registry.plan(node, target, allow_lossy=True)
+    except NoPathError:
+        with pytest.raises(NoPathError):
+            registry.plan(version, target, allow_lossy=True)
+        return
+    plan = registry.plan(version, target, allow_lossy=True)
+    assert plan == dataclasses.replace(expected, requested_source=None if node == version else version)
+    assert plan.source == node

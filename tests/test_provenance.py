@@ -28,7 +28,7 @@ from ckpt_path import (
     load_checkpoint,
 )
 from ckpt_path.cli import app
-from ckpt_path.provenance import infer_version, source_version
+from ckpt_path.provenance import SourceVersion, infer_version, source_version
 
 CONVERTERS = {
     "001_flatten_encoder": '''\
@@ -239,7 +239,8 @@ def test_infer_version_without_schemas_says_so(project):
 def test_infer_version_ignores_a_stamp(project):
     """Inference reads the state dict only: a wrong stamp does not change its answer."""
     path = write_ckpt(project / "in.ckpt", state_dict("0.2.0"), stamp="0.1.0")
-    assert source_version(load_checkpoint(path), "auto", registry()) == (Version("0.2.0"), "schemas")
+    found = source_version(load_checkpoint(path), registry(), "auto")
+    assert found == SourceVersion(version=Version("0.2.0"), version_from="schemas")
 
 
 def test_convert_file_from_auto_converts_from_the_inferred_version(project):
@@ -402,7 +403,7 @@ def test_inspect_shows_the_version_from_version_key(project):
     ("settings", "recorded"),
     [
         ({"version_key": "hyper_parameters.version"}, "not-a-version"),
-        ({"version_key": "hyper_parameters.version"}, "0.9.9"),
+        ({"version_key": "hyper_parameters.version"}, "0.0.1"),
         ({"version_key": "hyper_parameters.version", "oldest": "0.2.0"}, "0.1.0"),
     ],
     ids=["not-a-version", "unknown-version", "older-than-oldest"],

@@ -13,10 +13,10 @@ import torch
 
 from ckpt_fixtures import lightning
 from ckpt_path import Converter, Registry
-from ckpt_path.checkpoint import STAMP_KEY, Stamp, read_stamp, write_stamp
-from ckpt_path.errors import ShapeMismatchError, StepError
+from ckpt_path.errors import ShapeMismatchError, StepError, UnverifiedStepError
 from ckpt_path.runner import RunResult, run
-from ckpt_path.shapes import load_schema
+from ckpt_path.shapes import Schema, load_schema, signature
+from ckpt_path.stamp import STAMP_KEY, Stamp, read_stamp, write_stamp
 
 
 def small_state_dict() -> dict[str, torch.Tensor]:
@@ -420,16 +420,26 @@ def test_unchecked_step_is_a_warning():
 
 
 def test_unchecked_step_with_strict_is_a_step_error():
-    """With strict=True, a step that nothing can check is a StepError."""
-    with pytest.raises(StepError, match="unchecked"):
+    """With strict=True, a step that nothing can check is an UnverifiedStepError (a StepError)."""
+    with pytest.raises(StepError, match="nothing checked it"):
         run_registry(one_step(_add_scale), small_ckpt(), strict=True)
 
 
-def test_checked_step_with_strict_runs():
-    """With strict=True, a step that declares touches runs without warnings."""
-    result = run_registry(one_step(_add_scale, touches=["scale"]), small_ckpt(), strict=True)
+def test_step_checked_only_by_touches_is_refused_with_strict():
+    """With strict=True, touches alone do not verify a step: its landing version needs a schema."""
+    with pytest.raises(UnverifiedStepError, match=r"only its own checks ran \(touches\)"):
+        run_registry(one_step(_add_scale, touches=["scale"]), small_ckpt(), strict=True)
+
+
+def test_step_verified_by_a_schema_runs_with_strict():
+    """With strict=True, a step whose landing version has a matching schema runs, reported verified."""
+    registry = one_step(_add_scale, touches=["scale"])
+    after = _add_scale(small_ckpt())["state_dict"]
+    registry.add_schema(Schema.from_signature("1.1.0", signature(after)))
+    result = run_registry(registry, small_ckpt(), strict=True)
     assert result.warnings == []
     assert result.steps[0].diff.added == ("scale",)
+    assert (result.steps[0].verified, result.steps[0].status) == (True, "verified")
 
 
 # --- the stamp ----------------------------------------------------------------------------------

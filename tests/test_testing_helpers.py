@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ckpt_path import Converter, Registry
+from ckpt_path._synthetic import checkpoint_differences
 from ckpt_path.errors import CkptPathError
 from ckpt_path.registry import ENV_VAR
 from ckpt_path.shapes import Schema, load_schema, signature
@@ -185,7 +186,7 @@ def non_inverse(tmp_path: Path) -> Registry:
 def test_round_trip_fails_on_a_non_inverse_pair(non_inverse):
     """A pair of converters that are not inverses fails the round trip with an AssertionError."""
     checkpoint = {"state_dict": {"w": torch.arange(4, dtype=torch.float32)}}
-    with pytest.raises(AssertionError, match="values differ at w"):
+    with pytest.raises(AssertionError, match="w: values differ"):
         assert_round_trip(non_inverse, "1.0.0", "2.0.0", checkpoint)
 
 
@@ -193,6 +194,28 @@ def test_round_trip_without_a_schema_says_how_to_write_one(non_inverse):
     """Without a checkpoint and without a schema, the failure says to write the schema."""
     with pytest.raises(AssertionError, match="ckpt-path schema"):
         assert_round_trip(non_inverse, "1.0.0", "2.0.0")
+
+
+WIDEN = '''"""Store w in float32."""
+
+from ckpt_path.ops import Cast
+
+source = "1.0.0"
+target = "2.0.0"
+reversible = True
+
+ops = [Cast("*", "float32", source_dtype="float16")]
+'''
+
+
+def test_round_trip_derives_the_source_layout_from_the_target_schema(tmp_path):
+    """With only the target's schema, the round trip starts from the source layout the inverse ops predict."""
+    directory = tmp_path / "widen"
+    (directory / "schemas").mkdir(parents=True)
+    (directory / "001_widen.py").write_text(WIDEN, encoding="utf-8")
+    schema = {"version": "2.0.0", "tensors": {"w": {"shape": [3], "dtype": "float32"}}}
+    (directory / "schemas" / "2.0.0.json").write_text(json.dumps(schema), encoding="utf-8")
+    assert_round_trip(Registry.from_directory(directory), "1.0.0", "2.0.0")
 
 
 # assert_equal_checkpoints
@@ -212,18 +235,18 @@ def test_equal_checkpoints_catch_a_one_element_difference():
     """A single changed element in one tensor fails, naming the key."""
     other = _state()
     other["a"][1, 2] += 1
-    with pytest.raises(AssertionError, match="values differ at a"):
+    with pytest.raises(AssertionError, match="a: values differ"):
         assert_equal_checkpoints(_state(), other)
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda sd: sd.update(b=torch.zeros(2, dtype=torch.float64)), "values differ at b"),
-        (lambda sd: sd.update(b=torch.zeros(1, 2)), "values differ at b"),
-        (lambda sd: sd.update(b=-torch.zeros(2)), "values differ at b"),
-        (lambda sd: sd.pop("b"), r"missing \['b'\]"),
-        (lambda sd: sd.update(c=torch.zeros(1)), r"unexpected \['c'\]"),
+        (lambda sd: sd.update(b=torch.zeros(2, dtype=torch.float64)), r"b: expected \[2\] float32, got \[2\] float64"),
+        (lambda sd: sd.update(b=torch.zeros(1, 2)), r"b: expected \[2\] float32, got \[1, 2\] float32"),
+        (lambda sd: sd.update(b=-torch.zeros(2)), "b: values differ"),
+        (lambda sd: sd.pop("b"), "b: missing"),
+        (lambda sd: sd.update(c=torch.zeros(1)), "c: unexpected"),
     ],
     ids=["dtype", "shape", "negative-zero", "missing-key", "extra-key"],
 )
@@ -235,11 +258,37 @@ def test_equal_checkpoints_catch_other_differences(change, message):
         assert_equal_checkpoints(_state(), other)
 
 
+def test_checkpoint_differences_lists_every_key_that_differs():
+    """`checkpoint_differences` gives one line per differing key, sorted, and nothing for equal checkpoints."""
+    assert checkpoint_differences({"state_dict": _state()}, _state()) == []
+    other = _state()
+    other["a"][0, 0] = -1
+    other.pop("b")
+    other["c"] = torch.zeros(1)
+    other["d"] = torch.zeros(1)
+    expected = {**_state(), "d": torch.zeros(1, dtype=torch.float16)}
+    assert checkpoint_differences(expected, other) == [
+        "a: values differ",
+        "b: missing",
+        "c: unexpected",
+        "d: expected [1] float16, got [1] float32",
+    ]
+
+
+def test_equal_checkpoints_reports_every_difference_at_once():
+    """A failure names every differing key, not only the first kind of difference found."""
+    other = _state()
+    other["a"][0, 0] = -1
+    other.pop("b")
+    with pytest.raises(AssertionError, match=r"a: values differ; b: missing"):
+        assert_equal_checkpoints(_state(), other)
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float32, torch.float16])
 def test_equal_checkpoints_compare_scalar_tensors(dtype):
     """0-dim tensors (step counters, temperatures) compare like any other: equal pass, different fail."""
     assert_equal_checkpoints({"t": torch.tensor(3, dtype=dtype)}, {"t": torch.tensor(3, dtype=dtype)})
-    with pytest.raises(AssertionError, match="values differ at t"):
+    with pytest.raises(AssertionError, match="t: values differ"):
         assert_equal_checkpoints({"t": torch.tensor(3, dtype=dtype)}, {"t": torch.tensor(4, dtype=dtype)})
 
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from packaging.version import Version
 
 from ckpt_path import UnknownVersionError, VersionError, branch_of, parse_version, resolve_target
-from ckpt_path.versions import LATEST, nearest_versions
+from ckpt_path.versions import LATEST, floor_version, nearest_versions
 
 
 def versions(*texts: str) -> list[Version]:
@@ -160,3 +162,65 @@ def test_nearest_versions_of_empty_graph():
 def test_nearest_versions_ignores_duplicates():
     """A version listed twice is suggested once."""
     assert nearest_versions(Version("1.0.1"), versions("1.0.0", "1.0", "1.1.0"), 3) == ["1.0.0", "1.1.0"]
+
+
+FLOORS = versions("1.0.0", "1.5.0", "1.6.0", "1.0.0+lam", "1.0.2+lam", "1.0.2+lam.3", "2.0.0+lam")
+"""A main line and a ``lam`` branch whose versions interleave with it."""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1.5.0", "1.5.0"),
+        ("1.5.4", "1.5.0"),
+        ("9.0", "1.6.0"),
+        ("1.5.0.post1", "1.5.0"),
+        ("1.6.0rc1", "1.5.0"),
+        ("1.6.0.dev3", "1.5.0"),
+        ("1.0.3+lam", "1.0.2+lam.3"),
+        ("1.0.2+lam.2", "1.0.2+lam"),
+        ("1.9+lam", "1.0.2+lam.3"),
+        ("3.0+lam.1", "2.0.0+lam"),
+        ("0.9", None),
+        ("0.9+lam", None),
+        ("1.5.0+exp", None),
+    ],
+)
+def test_floor_version(text, expected):
+    """A version reads as the highest known version at or below it on its branch, or None."""
+    found = floor_version(Version(text), FLOORS)
+    assert found == (None if expected is None else Version(expected))
+
+
+def test_floor_version_of_empty_graph():
+    """With no known versions nothing is at or below anything."""
+    assert floor_version(Version("1.0"), []) is None
+
+
+RELEASES = st.builds(
+    lambda release, pre, post, label: Version(
+        ".".join(map(str, release))
+        + (f"rc{pre}" if pre is not None else "")
+        + (f".post{post}" if post is not None else "")
+        + (f"+{label}" if label else ""),
+    ),
+    st.lists(st.integers(0, 3), min_size=1, max_size=3),
+    st.none() | st.integers(0, 2),
+    st.none() | st.integers(0, 2),
+    st.sampled_from(["", "", "lam", "lam.2", "exp"]),
+)
+"""Versions with few distinct parts, so drawn versions often share a branch and neighbours."""
+
+
+@given(st.lists(RELEASES, max_size=12), RELEASES)
+def test_floor_version_is_the_highest_at_or_below_on_the_branch(known, version):
+    """The version read is at or below, on the same branch, with no known branch version strictly between."""
+    found = floor_version(version, known)
+    on_branch = [v for v in known if branch_of(v) == branch_of(version)]
+    if found is None:
+        assert all(v > version for v in on_branch)
+        return
+    assert found in known
+    assert found <= version
+    assert branch_of(found) == branch_of(version)
+    assert not any(found < v <= version for v in on_branch)

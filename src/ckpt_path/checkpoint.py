@@ -1,4 +1,4 @@
-"""Checkpoints on disk: load safely, find the state dict, read and write the stamp, save atomically.
+"""Checkpoints on disk: one :class:`Checkpoint` object, loaded safely once, and saved atomically.
 
 Loading always uses ``torch.load(weights_only=True)``, memory-mapped where the file allows,
 so tensor data is read only when something touches it. A file that needs a global beyond
@@ -8,107 +8,103 @@ what weights-only loading allows is refused with that global's name; it is never
 from __future__ import annotations
 
 import contextlib
-import functools
+import json
 import os
 import pickle
 import re
-import tempfile
+import types
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ckpt_path import formats
+from ckpt_path import _atomic, formats
 from ckpt_path.errors import (
     CheckpointError,
     OutputExistsError,
+    SaveError,
+    StampError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,
-    VersionError,
 )
 from ckpt_path.pickles import Moves
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
-from ckpt_path.versions import parse_version
+from ckpt_path.stamp import STAMP_KEY, Stamp, read_stamp, write_stamp
 
 __all__ = [
-    "STAMP_KEY",
-    "Loaded",
-    "Stamp",
+    "Checkpoint",
     "find_state_dict",
     "get_state_dict",
     "load_checkpoint",
-    "read_stamp",
     "save_checkpoint",
-    "write_stamp",
 ]
 
-STAMP_KEY = "ckpt_path"
-"""Key of the stamp: top level of a dict checkpoint, or ``state_dict._metadata`` when flat."""
-
-TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Stamp:
-    """The version recorded in a checkpoint and the steps that led to it."""
-
-    version: str
-    history: tuple[dict[str, Any], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the stamp as stored in a checkpoint."""
-        return {"version": self.version, "history": [dict(h) for h in self.history]}
-
-    def advanced(
-        self,
-        *,
-        source: str,
-        target: str,
-        converter: str,
-        digest: str | None,
-    ) -> Stamp:
-        """Return the stamp after one more step, with its history entry appended."""
-        entry = {
-            "source": source,
-            "target": target,
-            "converter": converter,
-            "digest": digest,
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        return Stamp(version=target, history=(*self.history, entry))
+IN_MEMORY = "<checkpoint>"
+"""How a checkpoint object handed in from Python (not read from a file) is named in messages."""
 
 
 @dataclass(slots=True, kw_only=True)
-class Loaded:
-    """A checkpoint object read from a file, and where its state dict lies.
+class Checkpoint:
+    """One checkpoint: the object, where its state dict lies, its stamp, its format, its files.
 
-    ``state_dict_path`` is the sequence of keys from the top-level object to the state dict
-    (empty for a flat state dict).
+    Every entry point (the command line, :func:`ckpt_path.load`, the Lightning mixin, the
+    testing helpers, ``check``) builds one of these, by :func:`load_checkpoint` from a file or
+    by :meth:`from_object` from an object in memory, and hands it to
+    :func:`ckpt_path.pipeline.upgrade`. ``state_dict_at`` is the sequence of keys from the
+    top-level object to the state dict (empty for a flat state dict). ``stamp`` is read once,
+    when the checkpoint is made, and kept current by the runner.
     """
 
     obj: Any
-    path: Path
+    state_dict_at: tuple[str, ...]
+    stamp: Stamp | None
     format: str
-    state_dict_path: tuple[str, ...]
+    """``torch``, ``torch-legacy``, ``safetensors``, ``safetensors-sharded`` or ``object``."""
+    file: Path | None = None
+    files: tuple[Path, ...] = ()
+    """Every file the checkpoint was read from (an index and its shards); never written to."""
     metadata: dict[str, str] = field(default_factory=dict)
     """safetensors ``__metadata__`` other than the stamp, kept when writing safetensors again."""
     shard_size: int | None = None
     """For a sharded input: the size of its largest shard, the default for the output's shards."""
+    placeholders: tuple[str, ...] = ()
+    """Globals read as inert placeholders because nothing allowed them (see :func:`load_checkpoint`)."""
+    read_as_dict: tuple[str, ...] = ()
+    """Dict subclasses read as plain dicts (declared ``read_as_dict``, or by a peek)."""
+
+    @classmethod
+    def from_object(cls, obj: Any, *, state_dict_key: str | None = None) -> Checkpoint:  # noqa: ANN401
+        """Wrap a checkpoint object held in memory (a dict, a flat state dict)."""
+        state_dict_at = find_state_dict(obj, state_dict_key)
+        return cls(obj=obj, state_dict_at=state_dict_at, stamp=_stamp_of(obj, state_dict_at, None), format="object")
+
+    @property
+    def name(self) -> str:
+        """The file it was read from, or ``<checkpoint>`` for an object held in memory."""
+        return str(self.file) if self.file is not None else IN_MEMORY
 
     @property
     def state_dict(self) -> MutableMapping[str, Any]:
         """The state dict inside the checkpoint."""
-        return get_state_dict(self.obj, self.state_dict_path)
+        return get_state_dict(self.obj, self.state_dict_at)
+
+    def restamp(self, stamp: Stamp) -> None:
+        """Write ``stamp`` into the object (a flat plain dict becomes an ``OrderedDict``)."""
+        self.obj = write_stamp(self.obj, self.state_dict_at, stamp)
+        self.stamp = stamp
+
+
+def _stamp_of(obj: object, state_dict_at: Sequence[str], path: Path | None) -> Stamp | None:
+    try:
+        return read_stamp(obj, state_dict_at)
+    except StampError as exc:
+        raise exc.at(str(path)) if path is not None else exc from None
 
 
 def _is_tensor_map(value: object) -> bool:
@@ -125,190 +121,245 @@ def find_state_dict(obj: object, override: str | None = None) -> tuple[str, ...]
 
     ``override`` is a dotted key path (``model.ema``) that wins over detection. Detection
     tries, in order: a flat mapping of tensors, then the keys ``state_dict`` (Lightning),
-    ``model``, ``model_state_dict``, ``module`` and ``net``.
+    ``model``, ``model_state_dict``, ``module`` and ``net``. The state dict's keys must be
+    strings.
     """
     if override is not None:
-        path = tuple(p for p in override.split(".") if p)
+        at = tuple(p for p in override.split(".") if p)
         try:
-            found = get_state_dict(obj, path)
-        except (KeyError, TypeError):
+            found = get_state_dict(obj, at)
+        except (KeyError, TypeError, IndexError, CheckpointError):
             raise CheckpointError(f"no state dict at {override!r} in this checkpoint") from None
-        if not isinstance(found, Mapping):
-            raise CheckpointError(f"{override!r} holds a {type(found).__name__}, not a state dict")
-        return path
+        return _string_keys(found, at)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"a checkpoint must be a dict, not a {type(obj).__name__}")
     tensors = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
     if tensors and len(tensors) >= len([k for k in obj if k != STAMP_KEY]):
-        return ()
+        return _string_keys(obj, ())
     for key in _STATE_DICT_KEYS:
         value = obj.get(key)
         if isinstance(value, Mapping) and (not value or _is_tensor_map(_tensor_part(value))):
-            return (key,)
+            return _string_keys(value, (key,))
     if not obj or tensors:
-        return ()
+        return _string_keys(obj, ())
     keys = ", ".join(sorted(map(str, obj))[:10])
     raise CheckpointError(
         f"cannot tell where the state dict is (top-level keys: {keys}); pass --state-dict KEY",
     )
 
 
-def _tensor_part(mapping: Mapping[str, Any]) -> dict[str, Any]:
+def _string_keys(state_dict: Mapping[Any, Any], at: tuple[str, ...]) -> tuple[str, ...]:
+    odd = [k for k in state_dict if not isinstance(k, str)]
+    if odd:
+        where = ".".join(at) or "the state dict"
+        raise CheckpointError(
+            f"{where} has a key that is not a string ({odd[0]!r}, a {type(odd[0]).__name__}); "
+            "a state dict maps parameter names to tensors",
+        )
+    return at
+
+
+def _tensor_part(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
     # Some state dicts hold a few non-tensors (e.g. `_extra_state`); judge by the tensors.
     return {k: v for k, v in mapping.items() if isinstance(v, torch.Tensor)}
 
 
-def get_state_dict(obj: Any, path: Sequence[str]) -> MutableMapping[str, Any]:  # noqa: ANN401 - checkpoints are any pickle
-    """Follow ``path`` into ``obj`` and return the state dict there."""
+def get_state_dict(obj: Any, at: Sequence[str]) -> MutableMapping[str, Any]:  # noqa: ANN401 - checkpoints are any pickle
+    """Follow the keys ``at`` into ``obj`` and return the state dict there."""
     node = obj
-    for key in path:
+    for key in at:
         node = node[key]
     if not isinstance(node, MutableMapping):
-        raise CheckpointError(f"{'.'.join(path) or 'the checkpoint'} is a {type(node).__name__}, not a dict")
+        raise CheckpointError(f"{'.'.join(at) or 'the checkpoint'} is a {type(node).__name__}, not a dict")
     return node
 
 
-def read_stamp(obj: object, state_dict_path: Sequence[str] = ()) -> Stamp | None:
-    """Return the stamp of a checkpoint object, or None when it has none."""
-    raw: object = None
-    if state_dict_path:
-        raw = obj.get(STAMP_KEY) if isinstance(obj, Mapping) else None
-    else:
-        metadata = getattr(obj, "_metadata", None)
-        raw = metadata.get(STAMP_KEY) if isinstance(metadata, Mapping) else None
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("version"), str):
-        raise CheckpointError(f"the {STAMP_KEY} stamp is damaged: {raw!r:.200}")
-    try:
-        parse_version(raw["version"])
-    except VersionError as exc:
-        raise CheckpointError(f"the {STAMP_KEY} stamp is damaged: {exc}") from None
-    history = raw.get("history") or []
-    return Stamp(version=raw["version"], history=tuple(dict(h) for h in history if isinstance(h, Mapping)))
-
-
-def write_stamp(obj: Any, state_dict_path: Sequence[str], stamp: Stamp) -> Any:  # noqa: ANN401
-    """Write ``stamp`` into a checkpoint object and return the object.
-
-    A dict checkpoint gets a top-level ``ckpt_path`` key. A flat state dict gets it in its
-    ``_metadata`` (turning a plain dict into an ``OrderedDict``), so that
-    ``model.load_state_dict(sd, strict=True)`` still sees only parameter keys.
-    """
-    if state_dict_path:
-        obj[STAMP_KEY] = stamp.to_dict()
-        return obj
-    if not isinstance(obj, OrderedDict):
-        obj = OrderedDict(obj)
-    metadata = getattr(obj, "_metadata", None)
-    if metadata is None:
-        metadata = OrderedDict()
-        obj._metadata = metadata  # noqa: SLF001 - torch's own convention for state-dict metadata
-    metadata[STAMP_KEY] = stamp.to_dict()
-    return obj
-
-
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+_SETITEM_RE = re.compile(r"Can only SETITEM for .*? but got <class '([^']+)'>")
 _MAX_ROUNDS = 64
 """A legacy file names one refused global per attempt; a zip file names them all at once."""
 
 
-def _resolve_globals(names: Sequence[str]) -> list[Any]:
+def _user_globals(names: Sequence[str]) -> dict[str, object]:
     """Import the globals a user allowed by name (``module.Name``)."""
-    allowed = []
+    allowed: dict[str, object] = {}
     for name in names:
         module, _, attr = name.rpartition(".")
         try:
-            allowed.append(getattr(import_module(module), attr))
+            allowed[name] = getattr(import_module(module), attr)
         except (ImportError, AttributeError, ValueError):
             raise CheckpointError(f"--safe-global {name}: cannot import {attr!r} from {module!r}") from None
     return allowed
 
 
-def _load_safetensors(path: Path, state_dict_key: str | None) -> Loaded:
+def _load_safetensors(path: Path, state_dict_key: str | None, *, trust_stamp: bool) -> Checkpoint:
     if state_dict_key is not None:
         raise CheckpointError(f"--state-dict does not apply to {path.name}: safetensors hold a flat state dict")
     if formats.is_sharded(path):
         state_dict, metadata, largest = formats.load_sharded(path)
-        return Loaded(
+        return Checkpoint(
             obj=state_dict,
-            path=path,
+            state_dict_at=(),
+            stamp=_stamp_of(state_dict, (), path) if trust_stamp else None,
             format="safetensors-sharded",
-            state_dict_path=(),
+            file=path,
+            files=(path, *_shard_files(path)),
             metadata=metadata,
             shard_size=largest,
         )
     state_dict, metadata = formats.load_safetensors(path)
-    return Loaded(obj=state_dict, path=path, format="safetensors", state_dict_path=(), metadata=metadata)
+    return Checkpoint(
+        obj=state_dict,
+        state_dict_at=(),
+        stamp=_stamp_of(state_dict, (), path) if trust_stamp else None,
+        format="safetensors",
+        file=path,
+        files=(path,),
+        metadata=metadata,
+    )
 
 
-def _torch_load(path: Path, *, zipped: bool, allowed: list[Any], moves: Moves | None, mmap: bool) -> Any:  # noqa: ANN401
-    """``torch.load(weights_only=True)``, mapping moved globals as ``moves`` says, round by round."""
+def _shard_files(index: Path) -> list[Path]:
+    """Return the shards an index names (already checked by the loader)."""
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    return sorted({index.parent / shard for shard in weight_map.values()})
+
+
+def _placeholder_name(cls_name: str) -> str:
+    """``ckpt_path.pickles.DeletedGlobal[pkg.Cls]`` -> ``pkg.Cls``; other names as they are."""
+    if "DeletedGlobal[" in cls_name:
+        return cls_name.split("DeletedGlobal[", 1)[1].rsplit("]", 1)[0]
+    return cls_name
+
+
+def _torch_load(  # noqa: C901 - one loop over what torch refuses, each case said plainly
+    path: Path,
+    *,
+    zipped: bool,
+    user: Mapping[str, object],
+    moves: Moves | None,
+    mmap: bool,
+) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+    """``torch.load(weights_only=True)``, mapping moved globals as ``moves`` says, round by round.
+
+    ``user`` maps the globals the user allowed by name to their objects; they always win over
+    a move. Returns the object, the globals read as placeholders and those read as dicts.
+    """
     name = str(path)
+    allowed: dict[str, object] = dict(user)
     for _ in range(_MAX_ROUNDS):
         try:
-            with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            pairs: list[Any] = [(obj, dotted) for dotted, obj in sorted(allowed.items())]
+            with torch.serialization.safe_globals(pairs), warnings.catch_warnings():
                 # torch warns about a newer pickle protocol before failing on it; the error says more.
                 warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
         except pickle.UnpicklingError as exc:
-            error = _unpickling_error(name, exc, zipped=zipped)
+            message = str(exc)
+            if setitem := _SETITEM_RE.search(message):
+                cls = _placeholder_name(setitem.group(1))
+                if moves is not None and moves.peeking and cls not in user:
+                    allowed[cls] = dict  # a peek imports nothing: read the mapping as a plain dict
+                    continue
+                raise dict_subclass_error(name, cls) from None
+            error = _unpickling_error(name, exc, zipped=zipped, allowed=allowed)
             if moves is None or not isinstance(error, UnsafeCheckpointError):
                 raise error from None
-            resolved = [(moves.resolve(g), g) for g in error.globals_needed]
-            unresolved = [g for found, g in resolved if found is None]
+            unresolved = []
+            for needed in error.globals_needed:
+                found = moves.resolve(needed)
+                if found is None:
+                    unresolved.append(needed)
+                else:
+                    allowed[needed] = found
             if unresolved:
                 raise UnsafeCheckpointError(name, unresolved) from None
-            allowed = [*allowed, *resolved]
+            continue
         except Exception as exc:  # noqa: BLE001 - torch raises many types on foreign or damaged files
             if not zipped:
                 reason = "not a torch checkpoint (no zip archive, and not the legacy format either)"
             else:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UnreadableCheckpointError(name, f"truncated or not a checkpoint ({reason[:160]})") from None
+        placeholders = sorted(
+            n for n, o in allowed.items() if n not in user and getattr(o, "__ckpt_path_global__", None)
+        )
+        dicts = sorted(n for n, o in allowed.items() if n not in user and o is dict)
+        return obj, tuple(placeholders), tuple(dicts)
     raise UnreadableCheckpointError(name, f"needs more than {_MAX_ROUNDS} rounds of moved globals")
 
 
-def load_checkpoint(
+def load_checkpoint(  # noqa: PLR0913 - the ways a file may be read
     path: str | Path,
     *,
     state_dict_key: str | None = None,
     safe_globals: Sequence[str] = (),
     mmap: bool = True,
     moves: Moves | None = None,
-) -> Loaded:
+    trust_stamp: bool = True,
+) -> Checkpoint:
     """Load a checkpoint file with ``weights_only=True``, memory-mapped where possible.
 
-    ``safe_globals`` names extra globals (``package.module.Class``) the user trusts.
-    ``moves`` maps globals that moved or were deleted (see :mod:`ckpt_path.pickles`); a
-    global that neither covers is refused. Raises :class:`UnreadableCheckpointError` or
-    :class:`UnsafeCheckpointError`.
+    ``safe_globals`` names extra globals (``package.module.Class``) the user trusts; they win
+    over any move. ``moves`` maps globals that moved, were deleted or are read as plain dicts
+    (see :mod:`ckpt_path.pickles`); a global that neither covers is refused. Raises
+    :class:`UnreadableCheckpointError` or :class:`UnsafeCheckpointError`, and
+    :class:`StampError` for a damaged stamp unless ``trust_stamp`` is False (then the stamp is
+    ignored, for ``ckpt-path stamp`` to replace it).
     """
     path = Path(path)
     name = str(path)
     if not path.is_file():
         raise UnreadableCheckpointError(name, "no such file" if not path.exists() else "not a file")
     if formats.is_sharded(path) or formats.is_safetensors(path):
-        return _load_safetensors(path, state_dict_key)
+        return _load_safetensors(path, state_dict_key, trust_stamp=trust_stamp)
     zipped = zipfile.is_zipfile(path)
-    obj = _torch_load(path, zipped=zipped, allowed=_resolve_globals(safe_globals), moves=moves, mmap=mmap)
+    obj, placeholders, dicts = _torch_load(
+        path, zipped=zipped, user=_user_globals(safe_globals), moves=moves, mmap=mmap
+    )
     if obj is None:
         raise UnreadableCheckpointError(name, "the file holds None")
-    sd_path = find_state_dict(obj, state_dict_key)
-    return Loaded(obj=obj, path=path, format="torch" if zipped else "torch-legacy", state_dict_path=sd_path)
+    state_dict_at = find_state_dict(obj, state_dict_key)
+    return Checkpoint(
+        obj=obj,
+        state_dict_at=state_dict_at,
+        stamp=_stamp_of(obj, state_dict_at, path) if trust_stamp else None,
+        format="torch" if zipped else "torch-legacy",
+        file=path,
+        files=(path,),
+        placeholders=placeholders,
+        read_as_dict=dicts,
+    )
 
 
-def _unpickling_error(name: str, exc: pickle.UnpicklingError, *, zipped: bool) -> CheckpointError:
+def dict_subclass_error(path: str, cls: str) -> UnreadableCheckpointError:
+    """Say that ``cls`` is a dict subclass weights-only loading cannot fill, and how to read it."""
+    return UnreadableCheckpointError(
+        path,
+        f"it holds a {cls}, a dict subclass, and weights_only loading fills only dict, OrderedDict and "
+        f'Counter; if {cls} is a plain mapping, declare read_as_dict = ["{cls}"] in a converter file to read '
+        "it as a dict",
+    )
+
+
+def _unpickling_error(
+    name: str,
+    exc: pickle.UnpicklingError,
+    *,
+    zipped: bool,
+    allowed: Mapping[str, object],
+) -> CheckpointError:
     message = str(exc)
     found = _GLOBAL_RE.search(message) if "Weights only load failed" in message else None
-    offending: list[str] = []
+    offending: set[str] = set()
     if zipped:
         with contextlib.suppress(Exception):
-            offending = list(torch.serialization.get_unsafe_globals_in_checkpoint(name))
-    if found and found.group(1) not in offending:
-        offending.insert(0, found.group(1))
+            offending = set(torch.serialization.get_unsafe_globals_in_checkpoint(name))
+    if found:
+        offending.add(found.group(1))
+    offending -= set(allowed)
     if offending:
-        return UnsafeCheckpointError(name, offending)
+        return UnsafeCheckpointError(name, sorted(offending))
     if not zipped:
         return UnreadableCheckpointError(
             name, "not a torch checkpoint (no zip archive, and not the legacy format either)"
@@ -320,7 +371,9 @@ def _unpickling_error(name: str, exc: pickle.UnpicklingError, *, zipped: bool) -
             "support, as files saved with pickle_protocol above 2 may; if you trust the file, re-save it once "
             "with torch.save's default protocol",
         )
-    return UnreadableCheckpointError(name, f"not a checkpoint ({message.splitlines()[0][:160]})")
+    detail = next((line.strip() for line in message.splitlines() if "WeightsUnpickler error" in line), "")
+    detail = detail or message.splitlines()[0]
+    return UnreadableCheckpointError(name, f"weights_only loading refused it ({detail[:200]})")
 
 
 DEFAULT_SHARD_SIZE = 5 * 1024**3
@@ -353,17 +406,69 @@ def _tensor_bytes(obj: object) -> int:
     return 0
 
 
-def _save_error(path: Path, exc: Exception) -> CheckpointError:
+def _save_error(path: Path, exc: Exception) -> SaveError:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "DeletedGlobal[" in reason:
         name = reason.split("DeletedGlobal[", 1)[1].split("]", 1)[0]
-        return CheckpointError(
-            f"cannot save {path}: it still holds a placeholder for the deleted global {name}; "
+        return SaveError(
+            str(path),
+            f"it still holds a placeholder for the deleted global {name}; "
             "a converter on the path must drop or replace it",
         )
     if isinstance(exc, OSError):
-        return CheckpointError(f"cannot write {path}: {exc.strerror or reason}")
-    return CheckpointError(f"cannot save {path}: the checkpoint holds something torch.save cannot write ({reason})")
+        return SaveError(str(path), exc.strerror or reason)
+    return SaveError(str(path), f"the checkpoint holds something torch.save cannot write ({reason[:200]})")
+
+
+_OPAQUE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+"""Objects whose attributes are code, not checkpoint content: never searched for tensors."""
+
+
+def _unwritable_tensor(obj: object) -> tuple[str, str] | None:
+    """Find a tensor anywhere in ``obj`` that torch.save would write without its values; return where and why."""
+    seen: set[int] = set()
+    stack: list[tuple[str, object]] = [("", obj)]
+    while stack:
+        where, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        children: list[tuple[str, object]] = []
+        if isinstance(node, torch.Tensor):
+            problem = formats.unwritable(node, safetensors=False)
+            if problem is not None:
+                return where or "the checkpoint", problem
+        elif isinstance(node, Mapping):
+            children = [(f"{where}.{key}" if where else str(key), value) for key, value in node.items()]
+        elif isinstance(node, list | tuple | set | frozenset):
+            children = [(f"{where}[{i}]", value) for i, value in enumerate(node)]
+        elif hasattr(node, "__dict__") and not isinstance(node, _OPAQUE):
+            children = [(f"{where}.{key}" if where else key, value) for key, value in vars(node).items()]
+        stack.extend(reversed(children))
+    return None
+
+
+def _check_output(path: Path, *, force: bool) -> None:
+    """Refuse an OUTPUT that must not be replaced, before anything else is done."""
+    if formats.is_sharded(path) and path.is_symlink():
+        raise SaveError(
+            str(path), "it is a symbolic link; a sharded layout is written beside its index, so name the real path"
+        )
+    _atomic.check_target(path)  # a directory or a device is never replaced
+    if path.exists() and not force:
+        raise OutputExistsError(str(path))
+
+
+def _to_write(obj: Any, path: Path, state_dict_path: Sequence[str], *, state_dict_only: bool) -> Any:  # noqa: ANN401
+    """Return what is written at ``path``; refuse what cannot be, by key, before anything touches the disk."""
+    tensor_only = formats.is_sharded(path) or formats.is_safetensors(path)
+    if tensor_only or state_dict_only:
+        obj = _flat_state_dict(obj, state_dict_path, path, state_dict_only=state_dict_only)
+    if tensor_only:
+        formats.tensor_items(obj)  # non-tensors, reserved names, meta, sparse, ...
+    elif (found := _unwritable_tensor(obj)) is not None:
+        raise SaveError(str(path), f"{found[0]}: {found[1]}")
+    return obj
 
 
 def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
@@ -376,48 +481,50 @@ def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
     metadata: Mapping[str, str] | None = None,
     shard_size: int | None = None,
     progress: formats.Progress | None = None,
+    protect: Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
-    """Save a checkpoint atomically, in the format its extension names.
+    """Save a checkpoint atomically, in the format its extension names (in any case).
 
     ``.safetensors`` writes one safetensors file and ``.safetensors.index.json`` a sharded
     layout (both hold the state dict only: other content is refused unless
     ``state_dict_only``); any other name is written with ``torch.save``. Every file goes to a
     temporary file beside its target and is fsynced; only when all are written are they
-    renamed into place (a layout's index last). On any failure (including Ctrl-C) the
-    temporary files are removed and the targets are untouched. An existing target is replaced
-    only with ``force``.
+    placed (a layout's new shards under names no file has, then its index, the one switch;
+    the old layout's shards are removed after it). On any failure (including Ctrl-C and
+    SIGTERM) the temporary files are removed and the targets are untouched. An existing target
+    is replaced only with ``force``, and only if it is a regular file (a symbolic link is
+    written through; the replaced file keeps its mode). See :mod:`ckpt_path._atomic`.
+
+    ``protect`` names files that must come through untouched, the input's (for a sharded
+    input: its index and every shard): a save that would replace or remove one of them is
+    refused with :class:`InputOverwriteError` before anything is written. Tensors that cannot
+    be written with their values (meta tensors anywhere; for safetensors also sparse, nested
+    or non-CPU ones) are refused by key, before anything is written.
     """
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"cannot write {path}: it is a directory")
-    if path.exists() and not force:
-        raise OutputExistsError(str(path))
+    _check_output(path, force=force)
     directory = path.parent if str(path.parent) else Path()
-    tensor_only = formats.is_sharded(path) or formats.is_safetensors(path)
-    if tensor_only or state_dict_only:
-        obj = _flat_state_dict(obj, state_dict_path, path, state_dict_only=state_dict_only)
-    if tensor_only:
-        formats.tensor_items(obj)  # type: ignore[arg-type]  # refuse non-tensors before anything touches the disk
+    obj = _to_write(obj, path, state_dict_path, state_dict_only=state_dict_only)
     created = formats.is_sharded(path) and not directory.exists()
     if created:
         directory.mkdir(parents=True)  # a sharded layout is a directory of its own
     if not directory.is_dir():
-        raise CheckpointError(f"cannot write {path}: directory {directory} does not exist")
+        raise SaveError(str(path), f"directory {directory} does not exist")
     try:
-        with _Transaction(force=force) as transaction:
+        with _atomic.Transaction(force=force, protect=protect) as transaction:
             _write(transaction, obj, path, metadata=metadata, shard_size=shard_size, progress=progress)
     except BaseException as exc:
         if created:
             with contextlib.suppress(OSError):
                 directory.rmdir()
-        if isinstance(exc, pickle.PicklingError | AttributeError | TypeError | OSError):
+        if isinstance(exc, pickle.PicklingError | AttributeError | TypeError | OSError | RuntimeError):
             raise _save_error(path, exc) from exc
         raise
     return path
 
 
 def _write(  # noqa: PLR0913 - what a format needs to be written
-    transaction: _Transaction,
+    transaction: _atomic.Transaction,
     obj: Any,  # noqa: ANN401 - any checkpoint
     path: Path,
     *,
@@ -430,7 +537,11 @@ def _write(  # noqa: PLR0913 - what a format needs to be written
         replaced = formats.layout_files(path)
         if replaced and not transaction.force:
             raise OutputExistsError(str(replaced[0]))
-        written = formats.save_sharded(
+        transaction.guard(path)  # the index is opened last: check it before any shard is written
+        for stale in replaced:  # the layout this one replaces: removed once the new index is in place
+            transaction.remove(stale)
+        transaction.clean_stale(path.parent, formats.shard_pattern(path))
+        formats.save_sharded(
             obj,
             path,
             transaction.open,
@@ -438,103 +549,9 @@ def _write(  # noqa: PLR0913 - what a format needs to be written
             metadata=metadata,
             progress=progress,
         )
-        for stale in (p for p in replaced if p not in written):  # shards of the layout this one replaces
-            transaction.on_commit(functools.partial(stale.unlink, missing_ok=True))
     elif formats.is_safetensors(path):
         with transaction.open(path) as handle:
             formats.save_safetensors(obj, handle, metadata, progress)
     else:
         with transaction.open(path) as handle, formats.counting(handle, progress, _tensor_bytes(obj)) as out:
             torch.save(obj, out)
-
-
-class _Transaction:
-    """Temporary files beside their targets: all renamed into place on success, all removed otherwise.
-
-    Without ``force`` a target that exists is never replaced: every target is checked before
-    the first rename, and each is placed with ``link()``, which refuses to clobber.
-    """
-
-    def __init__(self, *, force: bool) -> None:
-        self.force = force
-        self._files: list[tuple[Path, Path]] = []
-        self._after: list[Callable[[], object]] = []
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is not None:
-            for tmp, _target in self._files:
-                tmp.unlink(missing_ok=True)
-            return
-        try:
-            self._commit()
-        finally:
-            for tmp, _target in self._files:
-                tmp.unlink(missing_ok=True)
-
-    def on_commit(self, action: Callable[[], object]) -> None:
-        """Run ``action`` once every file is in place."""
-        self._after.append(action)
-
-    @contextlib.contextmanager
-    def open(self, target: Path) -> Iterator[Any]:
-        """Open a temporary binary file that becomes ``target`` when the transaction commits."""
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp = Path(name)
-        self._files.append((tmp, target))
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def _commit(self) -> None:
-        if not self.force:
-            for _tmp, target in self._files:
-                if target.exists():
-                    raise OutputExistsError(str(target))
-        for tmp, target in self._files:
-            _place(tmp, target, force=self.force)
-        for directory in {target.parent for _tmp, target in self._files}:
-            _fsync_directory(directory)
-        for action in self._after:
-            action()
-
-
-def _place(tmp: Path, target: Path, *, force: bool) -> None:
-    if force:
-        tmp.replace(target)
-        return
-    try:
-        os.link(tmp, target)  # refuses to replace a file that appeared meanwhile
-    except FileExistsError:
-        raise OutputExistsError(str(target)) from None
-    except OSError:  # a file system without hard links
-        if target.exists():
-            raise OutputExistsError(str(target)) from None
-        tmp.replace(target)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path, *, force: bool) -> Iterator[Any]:
-    """One file written atomically (see :class:`_Transaction`)."""
-    with _Transaction(force=force) as transaction, transaction.open(path) as handle:
-        yield handle
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

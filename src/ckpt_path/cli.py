@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from ckpt_path.errors import CkptPathError
+from ckpt_path.errors import CkptPathError, UsageError
 
 if TYPE_CHECKING:
     from packaging.version import Version
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ckpt_path.commands import ConvertResult
     from ckpt_path.planner import Plan, Step
     from ckpt_path.registry import Registry
+    from ckpt_path.runner import StepReport
 
 __all__ = ["app", "main"]
 
@@ -97,9 +98,12 @@ def _fail(message: str) -> NoReturn:
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn a :class:`CkptPathError` into one line on stderr and exit code 1."""
+    """Turn a :class:`CkptPathError` into one line on stderr and exit code 1 (2 for bad usage)."""
     try:
         yield
+    except UsageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except CkptPathError as exc:
         _fail(str(exc))
 
@@ -138,33 +142,24 @@ def plan(
       ckpt-path plan model.ckpt lam@latest --json
     """
     checkpoint: Path | None = None
+    predicted: list[StepReport] = []
     with _user_errors():
         registry = _registry(converters)
         if Path(source).is_file() and not _is_version_text(source):
-            from ckpt_path.commands import file_version
+            from ckpt_path.commands import plan_file
 
+            _settle_imports()
             checkpoint = Path(source)
-            source = str(file_version(checkpoint, registry))
-        result = registry.plan(source, target, allow_lossy=allow_lossy)
+            result, _, predicted = plan_file(checkpoint, target, registry, allow_lossy=allow_lossy)
+        else:
+            result = registry.plan(source, target, allow_lossy=allow_lossy)
     if as_json:
         typer.echo(result.to_json())
         return
     _print_plan(result)
     if checkpoint is not None and result.steps:
-        from ckpt_path.commands import convert_file
-
-        _settle_imports()
-        with _user_errors():
-            predicted = convert_file(
-                checkpoint,
-                target=str(result.target),
-                source=str(result.source),
-                registry=registry,
-                allow_lossy=allow_lossy,
-                dry_run=True,
-            )
-        typer.echo(f"predicted on the shapes of {checkpoint}:")
-        _print_steps(predicted, shown=None)
+        typer.echo(f"predicted on the shapes of {checkpoint} (no converter code run):")
+        _print_reports(predicted, shown=None)
 
 
 def _is_version_text(text: str) -> bool:
@@ -184,6 +179,8 @@ def _print_plan(result: Plan) -> None:
     if not result.steps:
         typer.echo(str(result))
         return
+    if result.source_note is not None:
+        typer.echo(result.source_note)
     from rich.console import Console
     from rich.table import Table
 
@@ -288,7 +285,10 @@ def convert(
     force: ForceOption = False,
     strict: Annotated[
         bool,
-        typer.Option("--strict", help="Fail on a step that has no touches and no schema to check it."),
+        typer.Option(
+            "--strict",
+            help="Refuse any step that is not verified: its landing version must have a schema the result matches.",
+        ),
     ] = False,
     state_dict: StateDictOption = None,
     state_dict_only: Annotated[
@@ -353,21 +353,33 @@ def _print_conversion(result: ConvertResult) -> None:
     plan_ = result.plan
     where = "dry run, nothing written" if result.dry_run else f"written to {result.output}"
     typer.echo(f"{result.input}: {plan_.source} -> {plan_.target} in {len(result.steps)} step(s); {where}")
-    _print_steps(result, shown=None if result.dry_run else 8)
-
-
-def _print_steps(result: ConvertResult, *, shown: int | None) -> None:
-    for i, report in enumerate(result.steps, 1):
-        diff = report.diff
-        checked = "+".join(report.checked) or "UNCHECKED"
-        skipped = "  (skipped: when() said no)" if not report.applied else ""
+    _print_reports(result.steps, shown=None if result.dry_run else 8)
+    unverified = [r for r in result.steps if r.predicted and not r.verified]
+    if unverified:
         typer.echo(
-            f"  {i}. {report.step.source} -> {report.step.target}  {report.step.name}  "
-            f"[{checked}]  +{len(diff.added)} -{len(diff.removed)} ~{len(diff.changed)}{skipped}",
+            f"  {len(unverified)} of {len(result.steps)} step(s) not verified: their landing version has no "
+            "schema (schemas/VERSION.json); --strict refuses them",
         )
+
+
+def _print_reports(reports: list[StepReport], *, shown: int | None) -> None:
+    for i, report in enumerate(reports, 1):
+        diff = report.diff
+        line = f"  {i}. {report.step.source} -> {report.step.target}  {report.step.name}  "
+        if not report.predicted:
+            typer.echo(line + f"[not predicted: {report.note}]")
+            continue
+        checks = "+".join(report.checked)
+        status = {
+            "verified": f"verified: {checks}",
+            "unverified": f"unverified: {checks} only",
+            "unchecked": "UNCHECKED",
+        }[report.status]
+        skipped = "  (skipped: when() said no)" if not report.applied else ""
+        typer.echo(line + f"[{status}]  +{len(diff.added)} -{len(diff.removed)} ~{len(diff.changed)}{skipped}")
         lines = diff.describe()
-        for line in lines[:shown]:
-            typer.echo(f"       {line}")
+        for text in lines[:shown]:
+            typer.echo(f"       {text}")
         if shown is not None and len(lines) > shown:
             typer.echo(f"       ... and {len(lines) - shown} more (see --dry-run or --json)")
 
@@ -458,6 +470,8 @@ def inspect_command(
     version = info["version"]
     if version is None and info["inferred_version"]:
         version = f"not stamped; {info['inferred_version']} according to {info['version_from']}"
+        if info.get("reads_as"):
+            version += f" (reads as {info['reads_as']}, the highest version of the graph at or below it)"
     lines = [
         f"file:        {info['path']} ({_human_bytes(info['file_bytes'])})",
         f"format:      {info['format']}",
@@ -536,11 +550,19 @@ def schema(
     converters: ConvertersOption = None,
     force: ForceOption = False,
     state_dict: StateDictOption = None,
+    any_dtype: Annotated[
+        bool,
+        typer.Option(
+            "--any-dtype",
+            help="Leave every dtype free (the layout ships in float32, bfloat16, float16, ...); shapes are kept.",
+        ),
+    ] = False,
 ) -> None:
     """Write the schema of VERSION (every key's shape and dtype) from a real checkpoint.
 
-    After each step that lands on VERSION, convert checks the whole state dict against it.
-    Edit the file to name dimensions (["hidden", 6]) or use glob keys ("layers.*.weight").
+    After each step that lands on VERSION, convert checks the whole state dict against it:
+    such a step is verified. Edit the file to name dimensions (["hidden", 6]), use glob keys
+    ("layers.*.weight") or drop an entry's "dtype" to leave it free.
     """
     from ckpt_path.commands import capture_schema
 
@@ -549,7 +571,7 @@ def schema(
 
     with _user_errors():
         out = output or find_converters_dir(converters) / "schemas" / f"{version}.json"
-        written = capture_schema(checkpoint, version, out, force=force, state_dict_key=state_dict)
+        written = capture_schema(checkpoint, version, out, force=force, state_dict_key=state_dict, any_dtype=any_dtype)
     typer.echo(f"wrote {written}")
 
 

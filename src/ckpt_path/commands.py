@@ -1,127 +1,99 @@
-"""What the commands do, as functions: convert, load, inspect, stamp, capture a schema.
+"""What the commands do, as functions: convert, load, plan a file, inspect, stamp, capture a schema.
 
 The command line is a thin shell over these; a project calls them from Python the same way.
+Conversions go through :func:`ckpt_path.pipeline.upgrade`, like every other entry point.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from packaging.version import Version
-
-from ckpt_path.checkpoint import Loaded, Stamp, load_checkpoint, read_stamp, save_checkpoint, write_stamp
+from ckpt_path.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ckpt_path.errors import (
     CheckpointError,
     CkptPathError,
     NoStampError,
     OutputExistsError,
+    StampError,
     UnsafeCheckpointError,
+    UsageError,
     VersionInferenceError,
 )
-from ckpt_path.formats import Progress
+from ckpt_path.formats import INDEX_SUFFIX, Progress
 from ckpt_path.pickles import Moves, everything_deleted
+from ckpt_path.pipeline import upgrade
 from ckpt_path.planner import Plan
-from ckpt_path.provenance import digest_mismatches, infer_version, source_version
+from ckpt_path.provenance import SourceVersion, digest_mismatches, infer_version, source_version
 from ckpt_path.registry import Registry
-from ckpt_path.runner import OnStep, StepReport, run
+from ckpt_path.runner import OnStep, StepReport, predict
 from ckpt_path.shapes import Schema, signature
+from ckpt_path.stamp import Stamp, write_stamp
 from ckpt_path.versions import parse_version
 
-__all__ = ["ConvertResult", "capture_schema", "convert_file", "file_version", "inspect_file", "load", "stamp_file"]
+__all__ = [
+    "ConvertResult",
+    "capture_schema",
+    "convert_file",
+    "inspect_file",
+    "load",
+    "plan_file",
+    "stamp_file",
+]
 
 log = logging.getLogger("ckpt_path")
 
 
 @dataclass(slots=True, kw_only=True)
 class ConvertResult:
-    """What a conversion did: the plan, a report per step, and where the result went."""
+    """What a conversion did: the plan, where the version came from, a report per step, the output."""
 
     input: Path
     output: Path | None
     plan: Plan
+    source: SourceVersion
     steps: list[StepReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
 
+    @property
+    def verified(self) -> bool:
+        """Whether every step was verified against its landing version's schema."""
+        return all(report.verified for report in self.steps)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the result as the contract's ``convert --json`` object."""
+        requested = self.plan.requested_source
         return {
             "source": str(self.plan.source),
+            "requested_source": str(requested) if requested is not None else None,
+            "version_from": self.source.version_from,
             "target": str(self.plan.target),
             "input": str(self.input),
             "output": str(self.output) if self.output is not None else None,
             "dry_run": self.dry_run,
             "lossy": self.plan.lossy,
+            "verified": self.verified,
             "steps": [s.to_dict() for s in self.steps],
             "warnings": list(self.warnings),
         }
 
 
-def _load_and_plan(  # noqa: PLR0913 - what a conversion needs to start
-    path: Path,
-    registry: Registry,
-    *,
-    source: str | None,
-    target: str,
-    allow_lossy: bool,
-    state_dict_key: str | None,
-    safe_globals: tuple[str, ...],
-) -> tuple[Loaded, Plan, list[str]]:
-    """Load a checkpoint, find its version and plan; return warnings about its history.
-
-    A pickle that refers to globals weights-only loading refuses is first read with inert
-    placeholders for all of them (importing nothing) to learn its version; it is then loaded
-    again with the moves declared by the converters on the planned path, and only those.
-    """
-    try:
-        loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
-    except UnsafeCheckpointError:
-        if not any(c.moves for c in registry.converters):
-            raise
-        peek = load_checkpoint(
-            path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=everything_deleted()
-        )
-        version, _ = source_version(peek, source, registry)
-        plan = registry.plan(version, target, allow_lossy=allow_lossy)
-        moves = Moves.merge(s.converter.moves for s in plan.steps if s.converter.moves)
-        loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=moves)
-    version, origin = source_version(loaded, source, registry)
-    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
-    warnings = digest_mismatches(stamp, registry)
-    if origin == "--from" and stamp is not None and parse_version(stamp.version) != version:
-        warnings.append(f"{path} is stamped {stamp.version} but --from {source} was given; using {version}")
-    if origin not in {"stamp", "--from"}:
-        log.info("%s has no stamp; its version %s comes from %s", path, version, origin)
-    plan = registry.plan(version, target, allow_lossy=allow_lossy)
-    return loaded, plan, warnings
-
-
-def file_version(path: str | Path, registry: Registry) -> Version:
-    """Return the version of a checkpoint file as ``convert`` would find it (stamp, version-key).
-
-    A pickle with refused globals is read with inert placeholders: nothing is imported.
-    """
-    try:
-        loaded = load_checkpoint(path)
-    except UnsafeCheckpointError:
-        loaded = load_checkpoint(path, moves=everything_deleted())
-    version, _ = source_version(loaded, None, registry)
-    return version
-
-
-def _to_meta(loaded: Loaded) -> None:
-    """Swap every state-dict tensor for a meta tensor: shapes stay, no data is read."""
-    state_dict = loaded.state_dict
-    for key, value in list(state_dict.items()):
-        if isinstance(value, torch.Tensor):
-            state_dict[key] = value.to("meta")
+def _check_output(input_path: Path, output: Path | None, *, force: bool) -> Path:
+    if output is None:
+        raise UsageError("convert needs an output path (-o OUTPUT), or --dry-run")
+    if output.is_dir():
+        raise CheckpointError(f"cannot write {output}: it is a directory")
+    if output.exists() and not force:
+        raise OutputExistsError(str(output))
+    if input_path.exists() and output.exists() and output.samefile(input_path):
+        raise CheckpointError(f"{output} is the input; write the result to another path")
+    return output
 
 
 def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
@@ -136,7 +108,7 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
     force: bool = False,
     strict: bool = False,
     state_dict_key: str | None = None,
-    safe_globals: tuple[str, ...] = (),
+    safe_globals: Sequence[str] = (),
     state_dict_only: bool = False,
     on_step: OnStep | None = None,
     on_write: Progress | None = None,
@@ -151,55 +123,70 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
     """
     registry = registry or Registry.from_directory()
     input_path = Path(input)
-    output_path = Path(output) if output is not None else None
-    if not dry_run:
-        if output_path is None:
-            raise CheckpointError("convert needs an output path (-o OUTPUT), or --dry-run")
-        if output_path.is_dir():
-            raise CheckpointError(f"cannot write {output_path}: it is a directory")
-        if output_path.exists() and not force:
-            raise OutputExistsError(str(output_path))
-        if input_path.exists() and output_path.exists() and output_path.samefile(input_path):
-            raise CheckpointError(f"{output_path} is the input; write the result to another path")
-    loaded, plan, warnings = _load_and_plan(
+    output_path = None if dry_run else _check_output(input_path, Path(output) if output else None, force=force)
+    done = upgrade(
         input_path,
         registry,
+        target,
         source=source,
-        target=target,
         allow_lossy=allow_lossy,
+        strict=strict,
+        dry_run=dry_run,
         state_dict_key=state_dict_key,
         safe_globals=safe_globals,
-    )
-    if dry_run:
-        _to_meta(loaded)
-    outcome = run(
-        plan,
-        loaded.obj,
-        state_dict_path=loaded.state_dict_path,
-        schemas=registry.schema,
-        strict=strict,
         on_step=on_step,
     )
     written = None
-    if not dry_run and output_path is not None:
+    if output_path is not None:
+        checkpoint = done.checkpoint
         written = save_checkpoint(
-            outcome.checkpoint,
+            checkpoint.obj,
             output_path,
             force=force,
-            state_dict_path=loaded.state_dict_path,
+            state_dict_path=checkpoint.state_dict_at,
             state_dict_only=state_dict_only,
-            metadata=loaded.metadata,
-            shard_size=loaded.shard_size,
+            metadata=checkpoint.metadata,
+            shard_size=checkpoint.shard_size,
             progress=on_write,
+            protect=checkpoint.files,
         )
     return ConvertResult(
         input=input_path,
         output=written,
-        plan=plan,
-        steps=outcome.steps,
-        warnings=warnings + outcome.warnings,
+        plan=done.plan,
+        source=done.source,
+        steps=done.steps,
+        warnings=done.warnings,
         dry_run=dry_run,
     )
+
+
+def _persist_command(  # noqa: PLR0913 - every option the conversion used
+    path: Path,
+    plan: Plan,
+    registry: Registry,
+    *,
+    allow_lossy: bool,
+    state_dict_key: str | None,
+    safe_globals: Sequence[str],
+) -> str:
+    """Return the ``ckpt-path convert`` command that writes what :func:`load` made, runnable as printed."""
+    target = str(plan.target)
+    if path.name.endswith(INDEX_SUFFIX):
+        output = path.with_name(f"{path.name.removesuffix(INDEX_SUFFIX)}-{target}{INDEX_SUFFIX}")
+    else:
+        output = path.with_name(f"{path.stem}-{target}{path.suffix}")
+    words = ["ckpt-path", "convert", str(path), "-o", str(output), "--to", target]
+    words += ["--from", str(plan.requested_source or plan.source)]
+    if registry.directory is not None:
+        words += ["--converters", str(registry.directory)]
+    if allow_lossy and plan.lossy:
+        words.append("--allow-lossy")
+    if state_dict_key is not None:
+        words += ["--state-dict", state_dict_key]
+    for name in safe_globals:
+        words += ["--safe-global", name]
+    return shlex.join(words)
 
 
 def load(  # noqa: PLR0913 - mirrors convert_file
@@ -211,31 +198,64 @@ def load(  # noqa: PLR0913 - mirrors convert_file
     allow_lossy: bool = False,
     strict: bool = False,
     state_dict_key: str | None = None,
-    safe_globals: tuple[str, ...] = (),
+    safe_globals: Sequence[str] = (),
 ) -> Any:  # noqa: ANN401 - a checkpoint is whatever the file holds
     """Load a checkpoint file and return it converted to ``target``, in memory.
 
-    The file is not touched. The path taken and the command that would persist the result
-    are logged on the ``ckpt_path`` logger.
+    The file is not touched. The path taken and a command that would persist the result
+    (runnable as printed) are logged on the ``ckpt_path`` logger.
     """
     registry = registry or Registry.from_directory()
-    loaded, plan, warnings = _load_and_plan(
+    done = upgrade(
         Path(path),
         registry,
+        target,
         source=source,
-        target=target,
         allow_lossy=allow_lossy,
+        strict=strict,
         state_dict_key=state_dict_key,
         safe_globals=safe_globals,
     )
-    outcome = run(plan, loaded.obj, state_dict_path=loaded.state_dict_path, schemas=registry.schema, strict=strict)
+    plan = done.plan
     if plan.steps:
-        path_text = " -> ".join(str(v) for v in plan.versions)
-        persist = f"ckpt-path convert {shlex.quote(str(path))} -o OUTPUT --to {shlex.quote(str(plan.target))}"
-        log.info("upgraded %s in memory along %s; to keep it: %s", path, path_text, persist)
-    for warning in warnings + outcome.warnings:
+        persist = _persist_command(
+            Path(path),
+            plan,
+            registry,
+            allow_lossy=allow_lossy,
+            state_dict_key=state_dict_key,
+            safe_globals=safe_globals,
+        )
+        log.info(
+            "upgraded %s in memory along %s; to keep it: %s", path, " -> ".join(str(v) for v in plan.versions), persist
+        )
+    for warning in done.warnings:
         log.warning("%s", warning)
-    return outcome.checkpoint
+    return done.checkpoint.obj
+
+
+def _peek(path: str | Path, state_dict_key: str | None = None, safe_globals: Sequence[str] = ()) -> Checkpoint:
+    """Load a checkpoint with inert placeholders for every global nothing allows: nothing is imported."""
+    return load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=everything_deleted())
+
+
+def plan_file(
+    path: str | Path,
+    target: str,
+    registry: Registry,
+    *,
+    allow_lossy: bool = False,
+) -> tuple[Plan, SourceVersion, list[StepReport]]:
+    """Plan a checkpoint file's path and predict each step's effect on its shapes.
+
+    Reads the file's stamp (or ``version-key``) with placeholders for any global (nothing is
+    imported) and never runs converter code: ops are predicted from shapes alone; a step with
+    a ``convert`` function is reported as known only when it runs.
+    """
+    checkpoint = _peek(path)
+    found = source_version(checkpoint, registry)
+    plan = registry.plan(found.version, target, allow_lossy=allow_lossy)
+    return plan, found, predict(plan, signature(checkpoint.state_dict), registry.schema)
 
 
 def inspect_file(
@@ -243,7 +263,7 @@ def inspect_file(
     *,
     registry: Registry | None = None,
     state_dict_key: str | None = None,
-    safe_globals: tuple[str, ...] = (),
+    safe_globals: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Describe a checkpoint without reading tensor data: format, stamp, tensors, bytes.
 
@@ -252,30 +272,31 @@ def inspect_file(
     ``registry``, an unstamped checkpoint's version is inferred from the schemas where one
     matches (``inferred_version``), and edited converters are reported (``warnings``).
     """
+    moves: Moves | None = registry.dict_globals if registry is not None else None
     needs: list[str] = []
     try:
-        loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+        checkpoint = load_checkpoint(
+            path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=moves or None
+        )
     except UnsafeCheckpointError as exc:
         needs = list(exc.globals_needed)
-        loaded = load_checkpoint(
-            path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=everything_deleted()
-        )
-    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
-    sig = signature(loaded.state_dict)
-    nbytes = sum(v.numel() * v.element_size() for v in loaded.state_dict.values() if isinstance(v, torch.Tensor))
-    top_keys = sorted(str(k) for k in loaded.obj) if loaded.state_dict_path else []
+        checkpoint = _peek(path, state_dict_key, safe_globals)
+    stamp = checkpoint.stamp
+    sig = signature(checkpoint.state_dict)
+    nbytes = sum(int(v.numel()) * int(v.element_size()) for v in checkpoint.state_dict.values() if hasattr(v, "numel"))
+    top_keys = sorted(str(k) for k in checkpoint.obj) if checkpoint.state_dict_at else []
     info: dict[str, Any] = {
-        "path": str(loaded.path),
-        "format": loaded.format,
+        "path": checkpoint.name,
+        "format": checkpoint.format,
         "version": stamp.version if stamp else None,
         "history": list(stamp.history) if stamp else [],
-        "state_dict": ".".join(loaded.state_dict_path),
+        "state_dict": ".".join(checkpoint.state_dict_at),
         "tensors": len(sig),
         "bytes": nbytes,
-        "file_bytes": _size(loaded),
+        "file_bytes": sum(f.stat().st_size for f in checkpoint.files),
         "dtypes": dict(sorted(Counter(spec.dtype for spec in sig.values()).items())),
         "keys": top_keys,
-        "globals": needs,
+        "globals": sorted(set(needs) | set(checkpoint.placeholders)),
         "inferred_version": None,
         "warnings": [],
     }
@@ -283,24 +304,19 @@ def inspect_file(
         info["warnings"] = digest_mismatches(stamp, registry)
         if stamp is None:
             try:
-                version, origin = source_version(loaded, None, registry)
-                info["inferred_version"], info["version_from"] = str(version), origin
+                found = source_version(checkpoint, registry)
+                info["inferred_version"], info["version_from"] = str(found.version), found.version_from
+                node, requested = registry.planner.resolve_source(found.version)
+                if requested is not None:
+                    info["reads_as"] = str(node)
             except NoStampError:
                 try:
-                    info["inferred_version"], info["version_from"] = str(infer_version(loaded, registry)), "schemas"
+                    info["inferred_version"], info["version_from"] = str(infer_version(checkpoint, registry)), "schemas"
                 except VersionInferenceError as exc:
                     info["warnings"].append(str(exc))
             except CkptPathError as exc:  # a recorded version that cannot be used: describe anyway
                 info["warnings"].append(str(exc))
     return info
-
-
-def _size(loaded: Loaded) -> int:
-    size = loaded.path.stat().st_size
-    if loaded.format == "safetensors-sharded":  # the index was read and checked on load
-        weight_map = json.loads(loaded.path.read_text(encoding="utf-8"))["weight_map"]
-        size += sum((loaded.path.parent / shard).stat().st_size for shard in set(weight_map.values()))
-    return size
 
 
 def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`
@@ -310,23 +326,31 @@ def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`
     *,
     force: bool = False,
     state_dict_key: str | None = None,
-    safe_globals: tuple[str, ...] = (),
+    safe_globals: Sequence[str] = (),
 ) -> Path:
-    """Stamp a checkpoint with ``version``; write it to ``output`` (default: in place, atomically)."""
+    """Stamp a checkpoint with ``version``; write it to ``output`` (default: in place, atomically).
+
+    A damaged stamp is replaced (its history cannot be trusted, so it is not kept).
+    """
     checked = str(parse_version(version))
-    loaded = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
-    old = read_stamp(loaded.obj, loaded.state_dict_path)
-    history = (*old.history, _restamp_entry(old.version, version)) if old is not None else ()
-    obj = write_stamp(loaded.obj, loaded.state_dict_path, Stamp(version=checked, history=history))
-    target = Path(output) if output is not None else loaded.path
-    in_place = output is None or (target.exists() and target.samefile(loaded.path))
+    try:
+        checkpoint = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+        old = checkpoint.stamp
+    except StampError:
+        checkpoint = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals, trust_stamp=False)
+        old = None
+    history = (*old.history, _restamp_entry(old.version, checked)) if old is not None else ()
+    obj = write_stamp(checkpoint.obj, checkpoint.state_dict_at, Stamp(version=checked, history=history))
+    source_file = checkpoint.file or Path(path)
+    target = Path(output) if output is not None else source_file
+    in_place = output is None or (target.exists() and target.samefile(source_file))
     return save_checkpoint(
         obj,
         target,
         force=force or in_place,
-        state_dict_path=loaded.state_dict_path,
-        metadata=loaded.metadata,
-        shard_size=loaded.shard_size,
+        state_dict_path=checkpoint.state_dict_at,
+        metadata=checkpoint.metadata,
+        shard_size=checkpoint.shard_size,
     )
 
 
@@ -335,18 +359,23 @@ def _restamp_entry(old: str, new: str) -> dict[str, Any]:
     return entry.history[-1]
 
 
-def capture_schema(
+def capture_schema(  # noqa: PLR0913 - the options of `ckpt-path schema`
     path: str | Path,
     version: str,
     output: str | Path,
     *,
     force: bool = False,
     state_dict_key: str | None = None,
+    any_dtype: bool = False,
 ) -> Path:
-    """Write the schema of ``version`` captured from a real checkpoint at ``path``."""
+    """Write the schema of ``version`` captured from a real checkpoint at ``path``.
+
+    With ``any_dtype`` the schema leaves every dtype free, for a layout that ships in several
+    dtypes (float32, bfloat16, float16): shapes are checked, dtypes are not.
+    """
     parse_version(version)
-    loaded = load_checkpoint(path, state_dict_key=state_dict_key)
-    schema = Schema.from_signature(version, signature(loaded.state_dict))
+    checkpoint = _peek(path, state_dict_key)
+    schema = Schema.from_signature(version, signature(checkpoint.state_dict), dtypes=not any_dtype)
     out = Path(output)
     if out.exists() and not force:
         raise OutputExistsError(str(out))

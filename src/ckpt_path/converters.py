@@ -44,6 +44,7 @@ _LITERALS = (
     "moved_modules",
     "moved_globals",
     "deleted_globals",
+    "read_as_dict",
 )
 _CODE = ("convert", "ops", "when")
 MIN_COST = 1e-6
@@ -253,6 +254,7 @@ def _read_literals(names: dict[str, ast.stmt], file: str) -> dict[str, Any]:
         "moved_modules": _name_map,
         "moved_globals": _name_map,
         "deleted_globals": _names,
+        "read_as_dict": _names,
     }
     meta: dict[str, Any] = {}
     for name, check in checks.items():
@@ -324,6 +326,7 @@ def read_converter_file(path: Path, *, display: str | None = None) -> Converter:
         modules=meta.get("moved_modules", {}),
         globals=meta.get("moved_globals", {}),
         deleted=meta.get("deleted_globals", ()),
+        as_dict=meta.get("read_as_dict", ()),
         declared_by=file,
     )
     has_ops = _check_code(names, file, reversible=meta.get("reversible", False), moves=bool(moves))
@@ -406,8 +409,19 @@ def _read_ops(stmt: ast.stmt, file: str) -> tuple[Op, ...]:
 
 
 def converter_files(directory: Path) -> list[Path]:
-    """List the converter files of a directory: ``*.py`` not starting with ``_``, sorted."""
-    return sorted(p for p in directory.iterdir() if p.suffix == ".py" and not p.name.startswith("_") and p.is_file())
+    """List the converter files of a directory: ``*.py`` not starting with ``_``, sorted.
+
+    A link among them that leads nowhere is a :class:`ConverterFileError` naming it, not a
+    converter silently missing from the graph.
+    """
+    found = sorted(p for p in directory.iterdir() if p.suffix == ".py" and not p.name.startswith("_"))
+    for path in found:
+        if path.is_symlink() and not path.exists():
+            raise ConverterFileError(
+                display_path(path),
+                f"a symbolic link to {path.readlink()}, which does not exist; fix the link or remove it",
+            )
+    return [p for p in found if p.is_file()]
 
 
 def read_converters(directory: str | Path) -> list[Converter]:

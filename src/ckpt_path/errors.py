@@ -17,9 +17,16 @@ its traceback.
     │   ├── UnreadableCheckpointError  truncated, foreign or missing file
     │   ├── UnsafeCheckpointError      needs unpickling beyond weights_only=True
     │   ├── NoStampError               no version stamped and none given
+    │   ├── MovedGlobalError           a declared move that names nothing usable
+    │   ├── StampError                 a stamp that is damaged (what is wrong is said)
     │   ├── VersionInferenceError      no schema, or several, match an unstamped state dict
-    │   └── OutputExistsError          OUTPUT exists and --force was not given
+    │   ├── OutputExistsError          OUTPUT exists and --force was not given
+    │   └── SaveError                  OUTPUT cannot be written there (InputOverwriteError: it would
+    │                                  replace or remove a file of INPUT)
+    ├── UsageError                   options that do not fit together (exit 2 on the command line)
     ├── StepError                    a converter raised or returned the wrong thing
+    │   ├── UnverifiedStepError      --strict, and a step's landing version has no schema
+    │   └── OptimizerStateError      optimizer state that cannot follow a changed parameter
     └── ShapeMismatchError           a step left the state dict in an unexpected shape
 
 Errors keep their data as attributes so callers can act on it without parsing messages.
@@ -39,16 +46,23 @@ __all__ = [
     "ConverterFileError",
     "DuplicateConverterError",
     "GraphError",
+    "InputOverwriteError",
     "LossyPathError",
+    "MovedGlobalError",
     "NoPathError",
     "NoStampError",
+    "OptimizerStateError",
     "OutputExistsError",
+    "SaveError",
     "ShapeMismatchError",
+    "StampError",
     "StepError",
     "UnknownVersionError",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "UnsupportedVersionError",
+    "UnverifiedStepError",
+    "UsageError",
     "VersionError",
     "VersionInferenceError",
 ]
@@ -203,12 +217,29 @@ class UnsafeCheckpointError(CheckpointError):
 class NoStampError(CheckpointError):
     """A checkpoint with no version stamp, when the command needs one."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fix: str | None = None) -> None:
         self.path = path
-        super().__init__(
-            f"{path} has no ckpt-path stamp: pass --from VERSION, "
-            f"or stamp it once with `ckpt-path stamp {path} VERSION`",
+        self.fix = (
+            fix or f"pass --from VERSION (or --from auto), or stamp it once with `ckpt-path stamp {path} VERSION`"
         )
+        super().__init__(f"{path} has no ckpt-path stamp and its version cannot be told: {self.fix}")
+
+
+class StampError(CheckpointError):
+    """A stamp that is damaged: ``problem`` says what is wrong with it. It is never trusted."""
+
+    def __init__(self, problem: str, path: str | None = None) -> None:
+        self.problem = problem
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(
+            f"{where}the ckpt_path stamp is damaged ({problem}); "
+            "replace it with `ckpt-path stamp CKPT VERSION`, or pass --from VERSION",
+        )
+
+    def at(self, path: str) -> StampError:
+        """Return the same error naming the file it was read from."""
+        return StampError(self.problem, path)
 
 
 class VersionInferenceError(CheckpointError):
@@ -248,6 +279,52 @@ class StepError(CkptPathError):
         super().__init__(f"step {source} -> {target} ({file}) failed: {reason}")
 
 
+class UnverifiedStepError(StepError):
+    """``--strict``, and a step landed on a version without a schema, so nothing verified it."""
+
+    def __init__(self, source: str, target: str, file: str, checks: Sequence[str]) -> None:
+        self.checks = tuple(checks)
+        what = f"only its own checks ran ({', '.join(self.checks)})" if self.checks else "nothing checked it"
+        super().__init__(
+            source,
+            target,
+            file,
+            f"unverified: version {target} has no schema, so {what}; "
+            f"add schemas/{target}.json (`ckpt-path schema CKPT --version {target}`) or drop --strict",
+        )
+
+
+class OptimizerStateError(StepError):
+    """A step changes parameters whose optimizer state cannot be matched to them by name."""
+
+    def __init__(self, source: str, target: str, file: str, parameters: Sequence[str], where: str) -> None:
+        self.parameters = tuple(parameters)
+        self.where = where
+        super().__init__(
+            source,
+            target,
+            file,
+            f"it changes {_listing(list(self.parameters))}, and the optimizer state in {where} cannot be "
+            "matched to parameter names (the checkpoint does not record which state belongs to which "
+            "parameter), so it would silently train on misaligned state; pass --drop-optimizer-state "
+            "to drop it (lossy: training resumes with fresh optimizer state)",
+        )
+
+
+class MovedGlobalError(CheckpointError):
+    """A moved global a converter declares that cannot be used: ``name``, ``declared_by``, ``reason``."""
+
+    def __init__(self, name: str, declared_by: str, reason: str) -> None:
+        self.name = name
+        self.declared_by = declared_by
+        self.reason = reason
+        super().__init__(f"{declared_by}: the moved global {name} {reason}")
+
+
+class UsageError(CkptPathError):
+    """Options that do not fit together; the command line exits with code 2."""
+
+
 class ShapeMismatchError(CkptPathError):
     """After a step, the state dict does not have the shapes it must have.
 
@@ -263,4 +340,25 @@ class ShapeMismatchError(CkptPathError):
         more = f"; and {len(self.problems) - _SHOWN} more" if len(self.problems) > _SHOWN else ""
         super().__init__(
             f"step {source} -> {target} ({file}) left a wrong state dict: {shown}{more}",
+        )
+
+
+class SaveError(CheckpointError):
+    """A checkpoint that cannot be written at ``path`` (``reason`` says why); nothing was written there."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot write {path}: {reason}")
+
+
+class InputOverwriteError(SaveError):
+    """Writing OUTPUT would replace or remove ``input_file``, a file of the input; nothing was written."""
+
+    def __init__(self, path: str, input_file: str, action: str) -> None:
+        self.input_file = input_file
+        self.action = action
+        super().__init__(
+            path,
+            f"that would {action} {input_file}, a file of the input; write the output to another path",
         )

@@ -5,60 +5,57 @@ Mix :class:`CkptPathMixin` into a ``LightningModule``::
     class Forecaster(CkptPathMixin, L.LightningModule):
         ckpt_path_version = "1.1.0"          # the version this code writes
         ckpt_path_converters = "converters"  # optional: default as the command line finds it
+        ckpt_path_unstamped = "auto"         # optional: what checkpoints without a stamp are
 
 Then ``Forecaster.load_from_checkpoint(old)`` and ``Trainer.fit(model, ckpt_path=old)`` convert
 an old checkpoint in memory to ``ckpt_path_version`` before its weights load (Lightning calls
-``on_load_checkpoint`` first in both), and every checkpoint Lightning saves is stamped. The
-file on disk is not touched; the path taken and the command that would persist it are logged.
-Nothing here imports Lightning.
+``on_load_checkpoint`` first in both), through the same pipeline as ``ckpt-path convert``.
+Every checkpoint Lightning saves is stamped. A checkpoint whose version cannot be told is
+refused with a :class:`~ckpt_path.errors.NoStampError`; it is never loaded unconverted. The file
+on disk is not touched. Nothing here imports Lightning.
 """
 
 from __future__ import annotations
 
 import logging
-import shlex
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ckpt_path.checkpoint import STAMP_KEY, Loaded, Stamp, find_state_dict, read_stamp, write_stamp
-from ckpt_path.errors import CkptPathError, NoStampError
-from ckpt_path.provenance import source_version
+from ckpt_path.checkpoint import Checkpoint
+from ckpt_path.errors import NoStampError
+from ckpt_path.pipeline import upgrade
 from ckpt_path.registry import Registry
-from ckpt_path.runner import run
+from ckpt_path.stamp import STAMP_KEY, Stamp, parse_stamp, write_stamp
 
 __all__ = ["CkptPathMixin", "upgrade_checkpoint"]
 
 log = logging.getLogger("ckpt_path")
 
 
-def upgrade_checkpoint(
+def upgrade_checkpoint(  # noqa: PLR0913 - mirrors upgrade()
     checkpoint: dict[str, Any],
     registry: Registry,
     target: str,
     *,
     allow_lossy: bool = False,
     source: str | None = None,
+    unstamped: str | None = None,
 ) -> dict[str, Any]:
     """Convert a checkpoint dict in place to ``target`` and return it (the same object).
 
-    The version comes from ``source``, else the stamp, else the project's ``version-key``.
+    The version comes from ``source``, else the stamp, else the project's ``version-key``, else
+    ``unstamped`` (a version or ``"auto"``); see :func:`ckpt_path.pipeline.upgrade`.
     """
-    sd_path = find_state_dict(checkpoint)
-    loaded = Loaded(obj=checkpoint, path=Path("<checkpoint>"), format="torch", state_dict_path=sd_path)
-    version, _ = source_version(loaded, source, registry)
-    plan = registry.plan(version, target, allow_lossy=allow_lossy)
-    outcome = run(plan, checkpoint, state_dict_path=sd_path, schemas=registry.schema)
-    if outcome.checkpoint is not checkpoint:  # a converter returned a new dict: keep the caller's
-        converted = dict(outcome.checkpoint)
+    held = Checkpoint.from_object(checkpoint)
+    done = upgrade(held, registry, target, source=source, unstamped=unstamped, allow_lossy=allow_lossy)
+    if held.obj is not checkpoint:  # a converter returned a new dict: keep the caller's
+        converted = dict(held.obj)
         checkpoint.clear()
         checkpoint.update(converted)
-    for warning in outcome.warnings:
+    for warning in done.warnings:
         log.warning("%s", warning)
-    if plan.steps:
-        log.info(
-            "upgraded a checkpoint in memory along %s",
-            " -> ".join(str(v) for v in plan.versions),
-        )
+    if done.plan.steps:
+        log.info("upgraded a checkpoint in memory along %s", " -> ".join(str(v) for v in done.plan.versions))
     return checkpoint
 
 
@@ -70,6 +67,9 @@ class CkptPathMixin:
     ckpt_path_converters: ClassVar[str | Path | None] = None
     """The converters directory; None finds it as the command line does."""
     ckpt_path_allow_lossy: ClassVar[bool] = False
+    ckpt_path_unstamped: ClassVar[str | None] = None
+    """What a checkpoint without a stamp (and without the project's ``version-key``) is: a
+    version, or ``"auto"`` to infer it from the schemas. None refuses such checkpoints."""
 
     @classmethod
     def ckpt_path_registry(cls) -> Registry:
@@ -87,24 +87,24 @@ class CkptPathMixin:
         """Convert ``checkpoint`` to this code's version before Lightning loads its weights."""
         registry = self.ckpt_path_registry()
         try:
-            before = read_stamp(checkpoint, find_state_dict(checkpoint))
-            upgrade_checkpoint(checkpoint, registry, self._ckpt_path_target(), allow_lossy=self.ckpt_path_allow_lossy)
-        except NoStampError:
-            log.warning(
-                "the checkpoint has no ckpt-path stamp and no version-key; loading it as it is. "
-                "Stamp it once with `ckpt-path stamp CKPT VERSION`",
+            upgrade_checkpoint(
+                checkpoint,
+                registry,
+                self._ckpt_path_target(),
+                allow_lossy=self.ckpt_path_allow_lossy,
+                unstamped=self.ckpt_path_unstamped,
             )
-        except CkptPathError as exc:
-            raise RuntimeError(f"ckpt-path could not upgrade the checkpoint: {exc}") from exc
-        else:
-            after = read_stamp(checkpoint, find_state_dict(checkpoint))
-            # Lightning builds each saved checkpoint afresh: carry the history over.
-            self._ckpt_path_history = after.history if after is not None else ()
-            if before is not None and after is not None and before.version != after.version:
-                log.info(
-                    "to keep the upgraded checkpoint: ckpt-path convert CKPT -o OUTPUT --to %s",
-                    shlex.quote(after.version),
-                )
+        except NoStampError as exc:
+            name = type(self).__name__
+            raise NoStampError(
+                "the checkpoint",
+                f'set {name}.ckpt_path_unstamped to the version that wrote it (or "auto" to infer it from '
+                "the schemas), set version-key in [tool.ckpt-path], or stamp the file once with "
+                "`ckpt-path stamp CKPT VERSION`",
+            ) from exc
+        stamp = parse_stamp(checkpoint[STAMP_KEY])
+        # Lightning builds each saved checkpoint afresh: carry the history over.
+        self._ckpt_path_history = stamp.history
         parent = getattr(super(), "on_load_checkpoint", None)
         if parent is not None:
             parent(checkpoint)

@@ -310,6 +310,13 @@ class Reshape(Op):
             object.__setattr__(self, "source_shape", tuple(self.source_shape))
         if any(not isinstance(d, int) or d < -1 for d in self.shape):
             raise OpError(f"Reshape {self.key}: sizes must be >= 0, or -1 once to infer one, got {list(self.shape)}")
+        if self.source_shape is not None and any(not isinstance(d, int) or d < 0 for d in self.source_shape):
+            # source_shape is compared with the tensor's shape and becomes the inverse's shape:
+            # a -1 there would match no tensor, so every run would fail.
+            raise OpError(
+                f"Reshape {self.key}: source_shape must be the exact shape before, sizes >= 0 "
+                f"(no -1), got {list(self.source_shape)}",
+            )
 
     def _new_shape(self, key: str, spec: TensorSpec) -> tuple[int, ...]:
         if self.source_shape is not None and spec.shape != self.source_shape:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
-from ckpt_path.errors import CheckpointError
+from ckpt_path.errors import MovedGlobalError
 
 __all__ = ["DeletedGlobal", "Moves", "placeholder"]
 
@@ -90,17 +90,44 @@ def _import(dotted: str, declared_by: str) -> object:
     try:
         return getattr(import_module(module), attr)
     except (ImportError, AttributeError, ValueError):
-        raise CheckpointError(f"{declared_by}: the moved global {dotted} cannot be imported") from None
+        raise MovedGlobalError(dotted, declared_by, "cannot be imported") from None
+
+
+def _class_of_module(dotted: str, package: str, declared_by: str) -> object:
+    """Import ``dotted`` for a moved module: only a class defined under ``package`` qualifies.
+
+    A moved module maps every name under it, so anything else (a function, a class the new
+    module merely imported, such as a re-exported ``os.system`` or ``subprocess.Popen``) could
+    be called by the pickle; it is refused by name.
+    """
+    found = _import(dotted, declared_by)
+    home = getattr(found, "__module__", None) or ""
+    if not isinstance(found, type) or not (home == package or home.startswith(package + ".")):
+        what = "a class" if isinstance(found, type) else type(found).__name__
+        raise MovedGlobalError(
+            dotted,
+            declared_by,
+            f"is {what} from {home or 'elsewhere'}, not a class defined under {package}; a moved module only "
+            "supplies its own classes (name anything else in moved_globals)",
+        )
+    return found
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Moves:
-    """How pickled globals moved: modules, single globals, and deleted globals (globs allowed)."""
+    """How pickled globals moved: modules, single globals, deleted globals (globs allowed).
+
+    ``as_dict`` names dict subclasses (``AttrDict``, ``DotDict``) to read as plain dicts, which
+    weights-only loading can fill. ``peeking`` marks the moves of a first look that imports
+    nothing (:func:`everything_deleted`).
+    """
 
     modules: Mapping[str, str]
     globals: Mapping[str, str]
     deleted: tuple[str, ...] = ()
+    as_dict: tuple[str, ...] = ()
     declared_by: str = "converters"
+    peeking: bool = False
 
     @classmethod
     def merge(cls, moves: Iterable[Moves]) -> Moves:
@@ -108,22 +135,36 @@ class Moves:
         modules: dict[str, str] = {}
         globals_: dict[str, str] = {}
         deleted: list[str] = []
+        as_dict: list[str] = []
         sources = []
+        peeking = False
         for m in moves:
+            peeking = peeking or m.peeking
             modules.update(m.modules)
             globals_.update(m.globals)
             deleted.extend(m.deleted)
+            as_dict.extend(m.as_dict)
             sources.append(m.declared_by)
-        return cls(modules=modules, globals=globals_, deleted=tuple(deleted), declared_by=", ".join(sources))
+        return cls(
+            modules=modules,
+            globals=globals_,
+            deleted=tuple(deleted),
+            as_dict=tuple(dict.fromkeys(as_dict)),
+            declared_by=", ".join(sources),
+            peeking=peeking,
+        )
 
     def __bool__(self) -> bool:
-        return bool(self.modules or self.globals or self.deleted)
+        return bool(self.modules or self.globals or self.deleted or self.as_dict)
 
     def resolve(self, name: str) -> object | None:
         """Return what the pickled global ``name`` stands for now, or None if no move covers it.
 
-        An exact move wins, then a deletion, then the longest moved module.
+        A dict subclass read as a dict wins, then an exact move, then a deletion, then the
+        longest moved module (which supplies only classes defined under its new name).
         """
+        if name in self.as_dict:
+            return dict
         if name in self.globals:
             return _import(self.globals[name], self.declared_by)
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.deleted):
@@ -132,10 +173,11 @@ class Moves:
         prefixes = [m for m in self.modules if module == m or module.startswith(m + ".")]
         if prefixes:
             old = max(prefixes, key=len)
-            return _import(self.modules[old] + module[len(old) :] + "." + attr, self.declared_by)
+            new = self.modules[old]
+            return _class_of_module(new + module[len(old) :] + "." + attr, new, self.declared_by)
         return None
 
 
 def everything_deleted() -> Moves:
     """Return moves that make every unknown global a placeholder: to peek without importing anything."""
-    return Moves(modules={}, globals={}, deleted=("*",), declared_by="peek")
+    return Moves(modules={}, globals={}, deleted=("*",), declared_by="peek", peeking=True)

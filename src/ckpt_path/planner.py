@@ -6,6 +6,10 @@ backwards (the path whose last differing version is lower wins), so the same gra
 the same plan on every run, whatever order the converters were read in.
 
 Costs are summed in millionths (integers), so totals are exact and ties are real ties.
+
+A source that is not a version of the graph reads as the highest version at or below it on
+its branch (a release between two converters has the layout of the one below); the plan keeps
+the version asked for in ``requested_source``. A target must be a version of the graph.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from packaging.version import Version
 
 from ckpt_path.converters import Converter
 from ckpt_path.errors import LossyPathError, NoPathError, UnknownVersionError
-from ckpt_path.versions import nearest_versions, resolve_target
+from ckpt_path.versions import floor_version, nearest_versions, resolve_target
 
 __all__ = ["Plan", "Planner", "Step"]
 
@@ -87,11 +91,16 @@ class Step:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    """The converters to apply, in order, to take a checkpoint from ``source`` to ``target``."""
+    """The converters to apply, in order, to take a checkpoint from ``source`` to ``target``.
+
+    ``requested_source`` is the version asked for when it is not a version of the graph and
+    was read as ``source`` (the highest version at or below it on its branch), else None.
+    """
 
     source: Version
     target: Version
     steps: tuple[Step, ...]
+    requested_source: Version | None = None
 
     @property
     def cost(self) -> float:
@@ -115,6 +124,7 @@ class Plan:
         """Return the plan as the contract's JSON object."""
         return {
             "source": str(self.source),
+            "requested_source": None if self.requested_source is None else str(self.requested_source),
             "target": str(self.target),
             "cost": self.cost,
             "lossy": self.lossy,
@@ -125,10 +135,22 @@ class Plan:
         """Return the plan as JSON text."""
         return json.dumps(self.to_dict(), indent=2)
 
+    @property
+    def source_note(self) -> str | None:
+        """One line saying which version ``requested_source`` was read as, or None."""
+        if self.requested_source is None:
+            return None
+        return (
+            f"{self.requested_source} is not a version of the graph; it reads as {self.source}, "
+            "the highest version at or below it on its branch"
+        )
+
     def __str__(self) -> str:
+        lines = [] if self.source_note is None else [self.source_note]
         if not self.steps:
-            return f"{self.source} is already {self.target}: nothing to do"
-        lines = [f"{self.source} -> {self.target}: {len(self.steps)} step(s), cost {self.cost:g}"]
+            lines.append(f"{self.source} is already {self.target}: nothing to do")
+            return "\n".join(lines)
+        lines.append(f"{self.source} -> {self.target}: {len(self.steps)} step(s), cost {self.cost:g}")
         for i, s in enumerate(self.steps, 1):
             tag = "  [lossy]" if s.lossy else ""
             lines.append(f"  {i}. {s.source} -> {s.target}  {s.name}{tag}  {s.description}")
@@ -169,24 +191,48 @@ class Planner:
         return list(self._versions)
 
     def resolve(self, text: str | Version) -> Version:
-        """Resolve a version, ``latest`` or ``LABEL@latest`` to a version of the graph."""
-        if isinstance(text, Version):
-            version = text
-        else:
-            if text not in self._resolved:
-                self._resolved[text] = resolve_target(text, self._versions)
-            version = self._resolved[text]
+        """Resolve a version, ``latest`` or ``LABEL@latest`` to a version of the graph.
+
+        Strict: a version that is not a version of the graph raises
+        :class:`UnknownVersionError` (what targets need; sources use :meth:`resolve_source`).
+        """
+        version = self._parse(text)
         if version not in self._rank:
             raise UnknownVersionError(str(version), nearest_versions(version, self._versions))
         return version
 
+    def resolve_source(self, text: str | Version) -> tuple[Version, Version | None]:
+        """Resolve where a checkpoint comes from to a version of the graph.
+
+        Returns the version of the graph and, when it differs, the version asked for. A
+        version that is not in the graph reads as the highest version at or below it on its
+        branch (see :func:`ckpt_path.versions.floor_version`); with none, it raises
+        :class:`UnknownVersionError` listing the nearest versions.
+        """
+        version = self._parse(text)
+        if version in self._rank:
+            return version, None
+        node = floor_version(version, self._versions)
+        if node is None:
+            raise UnknownVersionError(str(version), nearest_versions(version, self._versions))
+        return node, version
+
+    def _parse(self, text: str | Version) -> Version:
+        if isinstance(text, Version):
+            return text
+        if text not in self._resolved:
+            self._resolved[text] = resolve_target(text, self._versions)
+        return self._resolved[text]
+
     def plan(self, source: str | Version, target: str | Version, *, allow_lossy: bool = False) -> Plan:
         """Return the best plan from ``source`` to ``target``.
 
+        A ``source`` that is not a version of the graph reads as the highest version at or
+        below it on its branch (:meth:`resolve_source`); ``target`` must be in the graph.
         Raises :class:`UnknownVersionError`, :class:`NoPathError`, or :class:`LossyPathError`
         when the best path has a lossy step and ``allow_lossy`` is false.
         """
-        src, tgt = self.resolve(source), self.resolve(target)
+        (src, requested), tgt = self.resolve_source(source), self.resolve(target)
         steps = self._search(self._rank[src], self._rank[tgt])
         if steps is None:
             raise NoPathError(
@@ -195,7 +241,12 @@ class Planner:
                 [str(v) for v in sorted(nx.descendants(self.graph, src))],
                 [str(v) for v in sorted(nx.ancestors(self.graph, tgt))],
             )
-        plan = Plan(source=src, target=tgt, steps=tuple(Step(converter=c) for c in steps))
+        plan = Plan(
+            source=src,
+            target=tgt,
+            steps=tuple(Step(converter=c) for c in steps),
+            requested_source=requested,
+        )
         if plan.lossy and not allow_lossy:
             raise LossyPathError(plan)
         return plan

@@ -2,19 +2,22 @@
 
 In order: ``--from VERSION`` (``--from auto`` infers it from the schemas), the stamp, the
 project's ``version-key`` setting (a dotted key where old checkpoints recorded their version,
-e.g. ``hyper_parameters.version``). A version older than the project's ``oldest`` setting is
-refused with the release that still reads it. History entries whose converter digest differs
-from the current file's are reported: a converter was edited after it ran.
+e.g. ``hyper_parameters.version``), then what the caller says unstamped checkpoints are (the
+Lightning mixin's ``ckpt_path_unstamped``: a version or ``auto``). A version older than the
+project's ``oldest`` setting is refused with the release that still reads it. History entries
+whose converter digest differs from the current file's are reported: a converter was edited
+after it ran.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from packaging.version import Version
 
-from ckpt_path.checkpoint import Loaded, Stamp, read_stamp
+from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.errors import (
     CheckpointError,
     NoStampError,
@@ -24,17 +27,30 @@ from ckpt_path.errors import (
 )
 from ckpt_path.registry import Registry
 from ckpt_path.shapes import signature
+from ckpt_path.stamp import Stamp
 from ckpt_path.versions import parse_version
 
-__all__ = ["AUTO", "digest_mismatches", "infer_version", "source_version", "version_at_key"]
+__all__ = ["AUTO", "SourceVersion", "digest_mismatches", "infer_version", "source_version", "version_at_key"]
 
 AUTO = "auto"
 """``--from auto``: infer the version from the schemas."""
 
 
-def infer_version(loaded: Loaded, registry: Registry) -> Version:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceVersion:
+    """A checkpoint's version and where it came from.
+
+    ``version_from`` is ``--from``, ``stamp``, ``schemas``, the ``version-key`` setting's key,
+    or ``unstamped`` (the caller's rule for checkpoints without a stamp).
+    """
+
+    version: Version
+    version_from: str
+
+
+def infer_version(checkpoint: Checkpoint, registry: Registry) -> Version:
     """Return the one version whose schema the state dict matches (named dimensions allowed)."""
-    sig = signature(loaded.state_dict)
+    sig = signature(checkpoint.state_dict)
     closeness: list[tuple[str, int]] = []
     matches: list[Version] = []
     for version in registry.versions:
@@ -48,7 +64,7 @@ def infer_version(loaded: Loaded, registry: Registry) -> Version:
     if len(matches) == 1:
         return matches[0]
     closeness.sort(key=lambda item: (item[1], item[0]))
-    raise VersionInferenceError(str(loaded.path), [str(v) for v in matches], closeness)
+    raise VersionInferenceError(checkpoint.name, [str(v) for v in matches], closeness)
 
 
 def version_at_key(obj: Any, key: str) -> str | None:  # noqa: ANN401 - any checkpoint
@@ -63,31 +79,43 @@ def version_at_key(obj: Any, key: str) -> str | None:  # noqa: ANN401 - any chec
     return str(node)
 
 
-def source_version(loaded: Loaded, source: str | None, registry: Registry) -> tuple[Version, str]:
-    """Return the checkpoint's version and where it came from (``--from``, ``stamp``, ...)."""
-    stamp = read_stamp(loaded.obj, loaded.state_dict_path)
-    if source == AUTO:
-        version, origin = infer_version(loaded, registry), "schemas"
-    elif source is not None:
-        version, origin = registry.planner.resolve(source), "--from"
-    elif stamp is not None:
-        version, origin = registry.planner.resolve(stamp.version), "stamp"
-    elif (
-        registry.settings.version_key
-        and (recorded := version_at_key(loaded.obj, registry.settings.version_key)) is not None
-    ):
+def _given(text: str, checkpoint: Checkpoint, registry: Registry, version_from: str) -> SourceVersion:
+    if text == AUTO:
+        return SourceVersion(version=infer_version(checkpoint, registry), version_from="schemas")
+    return SourceVersion(version=parse_version(text), version_from=version_from)
+
+
+def source_version(
+    checkpoint: Checkpoint,
+    registry: Registry,
+    source: str | None = None,
+    *,
+    unstamped: str | None = None,
+) -> SourceVersion:
+    """Return the checkpoint's version and where it came from.
+
+    ``source`` (``--from``) wins over everything; ``unstamped`` is used only when the
+    checkpoint has neither a stamp nor a version at the project's ``version-key``. The version
+    need not be a node of the graph: the planner reads it as the highest node at or below it.
+    """
+    key = registry.settings.version_key
+    if source is not None:
+        found = _given(source, checkpoint, registry, "--from")
+    elif checkpoint.stamp is not None:
+        found = SourceVersion(version=parse_version(checkpoint.stamp.version), version_from="stamp")
+    elif key and (recorded := version_at_key(checkpoint.obj, key)) is not None:
         try:
-            version = registry.planner.resolve(parse_version(recorded))
+            found = SourceVersion(version=parse_version(recorded[:200]), version_from=key)
         except VersionError as exc:
-            key = registry.settings.version_key
-            raise CheckpointError(f"{loaded.path}: {key} holds {recorded!r}, not a version") from exc
-        origin = registry.settings.version_key
+            raise CheckpointError(f"{checkpoint.name}: {key} holds {recorded[:80]!r}, not a version") from exc
+    elif unstamped is not None:
+        found = _given(unstamped, checkpoint, registry, "unstamped")
     else:
-        raise NoStampError(str(loaded.path))
+        raise NoStampError(checkpoint.name)
     oldest = registry.settings.oldest
-    if oldest is not None and version < oldest:
-        raise UnsupportedVersionError(str(version), str(oldest), registry.settings.last_release)
-    return version, origin
+    if oldest is not None and found.version < oldest:
+        raise UnsupportedVersionError(str(found.version), str(oldest), registry.settings.last_release)
+    return found
 
 
 def digest_mismatches(stamp: Stamp | None, registry: Registry) -> list[str]:

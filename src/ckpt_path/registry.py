@@ -15,6 +15,7 @@ from packaging.version import Version
 from ckpt_path.converters import Converter, ConvertFn, WhenFn, read_converters
 from ckpt_path.errors import ConverterFileError, VersionError
 from ckpt_path.graph import build_graph
+from ckpt_path.pickles import Moves
 from ckpt_path.planner import Plan, Planner
 from ckpt_path.shapes import Schema, load_schema
 from ckpt_path.versions import parse_version
@@ -24,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["ENV_VAR", "Registry", "Settings", "find_converters_dir", "read_settings"]
+__all__ = ["ENV_VAR", "Registry", "Settings", "find_converters_dir", "project_settings", "read_settings"]
 
 ENV_VAR = "CKPT_PATH_CONVERTERS"
 
@@ -70,6 +71,15 @@ def read_settings(cwd: Path | None = None) -> Settings:
         oldest=oldest_version,
         last_release=table.get("last-release"),
     )
+
+
+def project_settings(directory: Path) -> Settings:
+    """Read the settings of the project that owns ``directory``: its nearest ``pyproject.toml`` above."""
+    start = directory.resolve()
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file():
+            return read_settings(folder)
+    return Settings()
 
 
 def find_converters_dir(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
@@ -119,10 +129,17 @@ class Registry:
     def from_directory(cls, directory: str | Path | None = None) -> Registry:
         """Read the converters of a directory (found as :func:`find_converters_dir` says).
 
-        The project's ``[tool.ckpt-path]`` settings in ``./pyproject.toml`` come along.
+        The ``[tool.ckpt-path]`` settings come from the project that owns the converters: the
+        nearest ``pyproject.toml`` at or above the directory, wherever the process runs.
         """
         root = find_converters_dir(directory)
-        return cls(read_converters(root), directory=root, settings=read_settings())
+        return cls(read_converters(root), directory=root, settings=project_settings(root))
+
+    @property
+    def dict_globals(self) -> Moves:
+        """Every dict subclass a converter declares ``read_as_dict``: safe to apply on every load."""
+        names = [name for c in self._converters if c.moves for name in c.moves.as_dict]
+        return Moves(modules={}, globals={}, as_dict=tuple(dict.fromkeys(names)), declared_by="read_as_dict")
 
     @property
     def converters(self) -> tuple[Converter, ...]:

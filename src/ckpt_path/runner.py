@@ -1,15 +1,20 @@
 """The runner: apply a plan one step at a time and check the state dict after every step.
 
 After each step the runner compares the state dict's signature (shapes and dtypes, never
-data) with the one before: keys outside the converter's ``touches`` must come through
-unchanged, and where the landing version has a schema the whole state dict must match it.
-A step with neither check is reported as unchecked (an error with ``strict``).
+data) with the one before. What a step is checked against decides what it is:
+
+- **verified**: the landing version has a schema (``schemas/<version>.json``) and the whole
+  state dict matches it;
+- **self-consistent** (unverified): only the step's own declarations held, each op's
+  predicted shapes (``ops``) and keys outside ``touches`` unchanged (``touches``), which
+  cannot see a key the converter forgot (a third expert left behind by an op written for two);
+- **unchecked**: neither.
+
+``strict`` refuses every step that is not verified. This module does not import torch.
 """
 
 from __future__ import annotations
 
-import sys
-import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,14 +24,15 @@ from typing import Any
 
 from packaging.version import Version
 
-from ckpt_path.checkpoint import Stamp, find_state_dict, get_state_dict, read_stamp, write_stamp
-from ckpt_path.converters import Converter, file_digest
-from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError
+from ckpt_path.checkpoint import Checkpoint, get_state_dict
+from ckpt_path.converters import Converter
+from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError, UnverifiedStepError
 from ckpt_path.ops import Op, OpError
 from ckpt_path.planner import Plan, Step
 from ckpt_path.shapes import Schema, ShapeDiff, TensorSpec, check_untouched, diff_signatures, signature
+from ckpt_path.stamp import Stamp
 
-__all__ = ["RunResult", "StepReport", "load_converter_code", "run"]
+__all__ = ["RunResult", "StepReport", "load_converter_code", "predict", "run", "run_plan"]
 
 SchemaLookup = Callable[[Version], Schema | None]
 OnStep = Callable[[int, int, Step], None]
@@ -41,8 +47,22 @@ class StepReport:
     """False when the converter's ``when`` guard declined the checkpoint."""
     diff: ShapeDiff
     checked: tuple[str, ...]
-    """``touches`` and/or ``schema``; empty when the step could not be checked."""
-    seconds: float
+    """The checks that ran: ``ops``, ``touches``, ``schema``; empty when none could."""
+    verified: bool
+    """The state dict after the step matched the landing version's schema."""
+    predicted: bool = True
+    """False in a dry run or a prediction when the step's effect is known only when it runs."""
+    note: str = ""
+    """Why a step was not predicted, for people."""
+
+    @property
+    def status(self) -> str:
+        """``verified``, ``unverified`` (only its own checks held), ``unchecked`` or ``not predicted``."""
+        if not self.predicted:
+            return "not predicted"
+        if self.verified:
+            return "verified"
+        return "unverified" if self.checked else "unchecked"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as the contract's ``convert --json`` step object."""
@@ -56,6 +76,10 @@ class StepReport:
             "removed": list(self.diff.removed),
             "changed": list(self.diff.changed),
             "checked": list(self.checked),
+            "verified": self.verified,
+            "predicted": self.predicted,
+            "status": self.status,
+            "note": self.note,
         }
 
 
@@ -69,49 +93,14 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
 
 
-_modules: dict[tuple[str, str], ModuleType] = {}
-
-
 def load_converter_code(converter: Converter) -> ModuleType:
     """Import a converter file (once per file content) and return its module.
 
-    The file is read once; its digest must still be the one the graph was built from, so a
-    file edited between planning and running is refused rather than half-trusted.
+    See :mod:`ckpt_path._converter_code`: each converters directory imports its own helpers.
     """
-    if converter.file is None:
-        raise StepError(str(converter.source), str(converter.target), converter.origin, "has no code")
-    key = (converter.file, converter.digest)
-    if key in _modules:
-        return _modules[key]
-    path = Path(converter.file)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StepError(str(converter.source), str(converter.target), converter.file, str(exc)) from None
-    if file_digest(data) != converter.digest:
-        raise StepError(
-            str(converter.source),
-            str(converter.target),
-            converter.file,
-            "the file changed after the graph was read; run the command again",
-        )
-    module = ModuleType(f"ckpt_path_converter_{path.stem}")
-    module.__file__ = str(path)
-    directory = str(path.parent.resolve())
-    sys.path.insert(0, directory)  # lets a converter import its `_helpers.py` neighbours
-    try:
-        exec(compile(data, str(path), "exec"), module.__dict__)  # noqa: S102 - the user's own converter
-    except Exception as exc:
-        raise StepError(
-            str(converter.source),
-            str(converter.target),
-            converter.file,
-            f"importing the converter failed: {_describe(exc, converter.file)}",
-        ) from exc
-    finally:
-        sys.path.remove(directory)
-    _modules[key] = module
-    return module
+    from ckpt_path._converter_code import load_converter_code as load
+
+    return load(converter)
 
 
 def _describe(exc: BaseException, file: str | None) -> str:
@@ -126,38 +115,38 @@ def _describe(exc: BaseException, file: str | None) -> str:
     return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
 
 
-def _code(
-    converter: Converter,
-    sd_path: tuple[str, ...],
-) -> tuple[Callable[[Any], Any], Callable[[Any], Any] | None]:
-    """Return the step's convert function and its ``when`` guard."""
+def _guard(converter: Converter) -> Callable[[Any], Any] | None:
+    if converter.when is not None:
+        return converter.when
+    if not converter.has_when:
+        return None
+    when = getattr(load_converter_code(converter), "when", None)
+    return when if callable(when) else None
+
+
+def _code(converter: Converter, state_dict_at: tuple[str, ...]) -> Callable[[Any], Any]:
+    """Return the step's convert function: its ops, its function, or the file's ``convert``."""
     if converter.ops is not None:
-        module = load_converter_code(converter) if converter.has_when else None
-        when = getattr(module, "when", None)
-        return _ops_convert(converter.ops, sd_path), when if callable(when) else None
+        return _ops_convert(converter.ops, state_dict_at)
     if converter.convert is not None:
-        return converter.convert, converter.when
+        return converter.convert
     if converter.kind == "moves":  # only pickled globals moved: the checkpoint stays as it is
-        module = load_converter_code(converter) if converter.has_when else None
-        when = getattr(module, "when", None)
-        return _unchanged, when if callable(when) else None
-    module = load_converter_code(converter)
-    convert = getattr(module, "convert", None)
+        return _unchanged
+    convert: Callable[[Any], Any] | None = getattr(load_converter_code(converter), "convert", None)
     if not callable(convert):
         raise StepError(str(converter.source), str(converter.target), converter.origin, "convert is not callable")
-    when = getattr(module, "when", None)
-    return convert, when if callable(when) else None
+    return convert
 
 
 def _unchanged(checkpoint: Any) -> Any:  # noqa: ANN401
     return checkpoint
 
 
-def _ops_convert(ops: Sequence[Op], sd_path: tuple[str, ...]) -> Callable[[Any], Any]:
+def _ops_convert(ops: Sequence[Op], state_dict_at: tuple[str, ...]) -> Callable[[Any], Any]:
     """Turn ops into a convert function that checks each op's result against its prediction."""
 
     def convert(checkpoint: Any) -> Any:  # noqa: ANN401
-        state_dict = get_state_dict(checkpoint, sd_path)
+        state_dict = get_state_dict(checkpoint, state_dict_at)
         for index, op in enumerate(ops, 1):
             try:
                 expected = op.predict(signature(state_dict))
@@ -166,42 +155,51 @@ def _ops_convert(ops: Sequence[Op], sd_path: tuple[str, ...]) -> Callable[[Any],
                 raise OpError(f"op {index} {op!r}: {exc}") from None
             got = signature(state_dict)
             if got != expected:
-                problems = check_untouched(expected, got, ())
+                problems = [p.replace(" (not in touches)", "") for p in check_untouched(expected, got, ())]
                 raise OpError(f"op {index} {op!r} did not do what it predicts: {'; '.join(problems[:5])}")
         return checkpoint
 
     return convert
 
 
-def run(  # noqa: PLR0913 - each option is a documented knob of a run
+def run_plan(  # noqa: PLR0913 - each option is a documented knob of a run
+    checkpoint: Checkpoint,
     plan: Plan,
-    checkpoint: Any,  # noqa: ANN401 - a checkpoint is whatever torch.load returned
     *,
-    state_dict_path: Sequence[str] | None = None,
     schemas: SchemaLookup | None = None,
     strict: bool = False,
+    dry_run: bool = False,
     on_step: OnStep | None = None,
-) -> RunResult:
-    """Apply ``plan`` to a checkpoint object in memory and stamp the result.
+) -> tuple[list[StepReport], list[str]]:
+    """Apply ``plan`` to ``checkpoint`` in place, step by step, checked; stamp it with the target.
 
-    The checkpoint may be modified in place. Raises :class:`StepError` when a converter
-    fails or returns something that is not a checkpoint, and :class:`ShapeMismatchError`
-    when a step leaves the state dict in a shape it must not have; ``strict`` also makes an
-    unchecked step an error.
+    Returns a report per step and warnings. Raises :class:`StepError` when a converter fails or
+    returns something that is not a checkpoint, :class:`ShapeMismatchError` when a step leaves
+    the state dict in a shape it must not have, and with ``strict``
+    :class:`UnverifiedStepError` for a step no schema verified. With ``dry_run`` (meta tensors)
+    a step whose effect is known only when it runs on real data is reported as not predicted,
+    and so is every step after it.
     """
-    sd_path = tuple(state_dict_path) if state_dict_path is not None else find_state_dict(checkpoint)
-    stamp = read_stamp(checkpoint, sd_path) or Stamp(version=str(plan.source))
-    result = RunResult(checkpoint=checkpoint, plan=plan)
+    stamp = checkpoint.stamp or Stamp(version=str(plan.source))
+    reports: list[StepReport] = []
+    warnings: list[str] = []
+    unknown = ""
     for index, step in enumerate(plan.steps):
         if on_step is not None:
             on_step(index, len(plan.steps), step)
-        checkpoint, report = _run_step(step, checkpoint, sd_path, schemas, strict=strict)
-        result.steps.append(report)
-        if not report.checked:
-            result.warnings.append(
-                f"step {step.source} -> {step.target} ({step.converter.origin}) is unchecked: "
-                "it declares no touches and version "
-                f"{step.target} has no schema",
+        if unknown:
+            reports.append(_not_predicted(step, f"follows step {unknown}, whose effect is not known"))
+        else:
+            try:
+                reports.append(_run_step(step, checkpoint, schemas, strict=strict, dry_run=dry_run))
+            except _Unpredictable as exc:
+                reports.append(_not_predicted(step, exc.note))
+                unknown = f"{step.source} -> {step.target}"
+        report = reports[-1]
+        if report.predicted and not report.checked:
+            warnings.append(
+                f"step {step.source} -> {step.target} ({step.converter.origin}) is unchecked: it declares no "
+                f"touches and version {step.target} has no schema",
             )
         stamp = stamp.advanced(
             source=str(step.source),
@@ -210,56 +208,94 @@ def run(  # noqa: PLR0913 - each option is a documented knob of a run
             digest=step.converter.digest or None,
         )
     if stamp.version != str(plan.target):
-        stamp = Stamp(version=str(plan.target), history=stamp.history)
-    result.checkpoint = write_stamp(checkpoint, sd_path, stamp)
-    return result
+        stamp = Stamp(version=str(plan.target), history=stamp.history, optimizer_parameters=stamp.optimizer_parameters)
+    checkpoint.restamp(stamp)
+    return reports, warnings
+
+
+class _Unpredictable(Exception):  # noqa: N818 - a signal inside the runner, never raised to users
+    def __init__(self, note: str) -> None:
+        self.note = note
+        super().__init__(note)
+
+
+def _not_predicted(step: Step, note: str) -> StepReport:
+    return StepReport(step=step, applied=True, diff=ShapeDiff(), checked=(), verified=False, predicted=False, note=note)
 
 
 def _run_step(
     step: Step,
-    checkpoint: Any,  # noqa: ANN401
-    sd_path: tuple[str, ...],
+    checkpoint: Checkpoint,
     schemas: SchemaLookup | None,
     *,
     strict: bool,
-) -> tuple[Any, StepReport]:
+    dry_run: bool,
+) -> StepReport:
     converter = step.converter
     src, tgt, origin = str(step.source), str(step.target), converter.origin
-    started = time.perf_counter()
-    before = signature(get_state_dict(checkpoint, sd_path))
-    convert, when = _code(converter, sd_path)
-    applied = True
-    try:
-        if when is not None and not when(checkpoint):
-            applied = False
-        else:
-            output = convert(checkpoint)
-    except CkptPathError:
-        raise
-    except OpError as exc:
-        raise StepError(src, tgt, origin, str(exc)) from None
-    except Exception as exc:
-        raise StepError(src, tgt, origin, _describe(exc, converter.file)) from exc
+    at = checkpoint.state_dict_at
+    before = signature(checkpoint.state_dict)
+    when = _guard(converter)
+    applied, output = _call(step, _code(converter, at), when, checkpoint.obj, dry_run=dry_run)
     if applied:
         if output is None:
             raise StepError(src, tgt, origin, "convert returned None; return the checkpoint (mutating it is fine)")
         if not isinstance(output, Mapping):
             raise StepError(src, tgt, origin, f"convert returned a {type(output).__name__}, not a checkpoint dict")
-        checkpoint = output
+        checkpoint.obj = output
     try:
-        state_dict = get_state_dict(checkpoint, sd_path)
+        state_dict = checkpoint.state_dict
     except (KeyError, TypeError, CkptPathError):
-        where = ".".join(sd_path) or "the checkpoint"
+        where = ".".join(at) or "the checkpoint"
         raise StepError(src, tgt, origin, f"the state dict at {where} is gone after the step") from None
-    checked = _check_step(step, before, signature(state_dict), schemas, strict=strict)
-    report = StepReport(
+    if not dry_run:
+        _refuse_meta(state_dict, step)
+    after = signature(state_dict)
+    checked, verified = _check_step(step, before, after, schemas, strict=strict)
+    return StepReport(
         step=step,
         applied=applied,
-        diff=diff_signatures(before, signature(state_dict)),
-        checked=tuple(checked),
-        seconds=time.perf_counter() - started,
+        diff=diff_signatures(before, after),
+        checked=checked,
+        verified=verified,
     )
-    return checkpoint, report
+
+
+def _call(
+    step: Step,
+    convert: Callable[[Any], Any],
+    when: Callable[[Any], Any] | None,
+    obj: Any,  # noqa: ANN401 - any checkpoint
+    *,
+    dry_run: bool,
+) -> tuple[bool, Any]:
+    """Run a step's guard and code; return whether it applied and what it returned."""
+    converter = step.converter
+    try:
+        if when is not None and not when(obj):
+            return False, obj
+        return True, convert(obj)
+    except CkptPathError:
+        raise
+    except OpError as exc:
+        raise StepError(str(step.source), str(step.target), converter.origin, str(exc)) from None
+    except (Exception, SystemExit) as exc:
+        # A converter that calls sys.exit() fails the step like any other; Ctrl-C still stops.
+        if dry_run and (converter.ops is None or when is not None):
+            raise _Unpredictable(f"its code needs real tensor data ({_describe(exc, converter.file)})") from None
+        raise StepError(str(step.source), str(step.target), converter.origin, _describe(exc, converter.file)) from exc
+
+
+def _refuse_meta(state_dict: Mapping[str, Any], step: Step) -> None:
+    """Fail a step that left a tensor without data (meta), before anything is written."""
+    empty = sorted(k for k, v in state_dict.items() if getattr(getattr(v, "device", None), "type", None) == "meta")
+    if empty:
+        raise StepError(
+            str(step.source),
+            str(step.target),
+            step.converter.origin,
+            f"it left tensors without data (device meta): {', '.join(empty[:10])}",
+        )
 
 
 def _check_step(
@@ -269,8 +305,8 @@ def _check_step(
     schemas: SchemaLookup | None,
     *,
     strict: bool,
-) -> tuple[str, ...]:
-    """Check the state dict after a step; return which checks ran."""
+) -> tuple[tuple[str, ...], bool]:
+    """Check the state dict after a step; return which checks ran and whether a schema verified it."""
     converter = step.converter
     src, tgt, origin = str(step.source), str(step.target), converter.origin
     checked: list[str] = []
@@ -286,11 +322,68 @@ def _check_step(
         problems += [f"{p} (schema {schema.file or tgt})" for p in schema.check(after)]
     if problems:
         raise ShapeMismatchError(src, tgt, origin, sorted(set(problems)))
-    if not checked and strict:
-        raise StepError(
-            src,
-            tgt,
-            origin,
-            f"unchecked: declare touches in the converter or add schemas/{tgt}.json (--strict)",
+    verified = schema is not None
+    if strict and not verified:
+        raise UnverifiedStepError(src, tgt, origin, checked)
+    return tuple(checked), verified
+
+
+def run(  # noqa: PLR0913 - each option is a documented knob of a run
+    plan: Plan,
+    checkpoint: Any,  # noqa: ANN401 - a checkpoint is whatever torch.load returned
+    *,
+    state_dict_key: str | None = None,
+    schemas: SchemaLookup | None = None,
+    strict: bool = False,
+    on_step: OnStep | None = None,
+) -> RunResult:
+    """Apply ``plan`` to a checkpoint object in memory and stamp the result.
+
+    The object may be modified in place; ``RunResult.checkpoint`` is the converted object.
+    ``state_dict_key`` (dotted) says where the state dict is when detection cannot tell. See
+    :func:`run_plan` for the checks and errors.
+    """
+    held = Checkpoint.from_object(checkpoint, state_dict_key=state_dict_key)
+    reports, warnings = run_plan(held, plan, schemas=schemas, strict=strict, on_step=on_step)
+    return RunResult(checkpoint=held.obj, plan=plan, steps=reports, warnings=warnings)
+
+
+def predict(plan: Plan, sig: Mapping[str, TensorSpec], schemas: SchemaLookup | None = None) -> list[StepReport]:
+    """Predict each step's effect on a state dict's shapes without running any converter code.
+
+    Ops are data, so their effect is known from shapes alone; a ``convert`` function (or a
+    ``when`` guard) is known only when it runs, so that step is reported as not predicted.
+    Later steps are predicted from the landing version's schema when it names exactly one
+    layout (the run checks that the step lands on it); otherwise they are not predicted either.
+    """
+    reports: list[StepReport] = []
+    current: dict[str, TensorSpec] | None = dict(sig)
+    unknown = ""
+    for step in plan.steps:
+        converter = step.converter
+        if current is None:
+            reports.append(_not_predicted(step, f"follows step {unknown}, whose effect is known only when it runs"))
+            continue
+        if converter.kind == "moves" and not converter.has_when:
+            reports.append(StepReport(step=step, applied=True, diff=ShapeDiff(), checked=(), verified=False))
+            continue
+        if converter.ops is None or converter.has_when or converter.when is not None:
+            what = "a when() guard" if converter.ops is not None else "a convert function"
+            schema = schemas(step.target) if schemas is not None else None
+            current = schema.signature() if schema is not None else None
+            later = f"; later steps are predicted from schema {step.target}" if current is not None else ""
+            reports.append(_not_predicted(step, f"{what}: its effect is known only when it runs{later}"))
+            unknown = f"{step.source} -> {step.target}"
+            continue
+        after = dict(current)
+        for index, op in enumerate(converter.ops, 1):
+            try:
+                after = op.predict(after)
+            except OpError as exc:
+                where = (str(step.source), str(step.target), converter.origin)
+                raise StepError(*where, f"op {index} {op!r}: {exc}") from None
+        reports.append(
+            StepReport(step=step, applied=True, diff=diff_signatures(current, after), checked=("ops",), verified=False)
         )
-    return tuple(checked)
+        current = after
+    return reports

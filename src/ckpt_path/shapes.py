@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +170,20 @@ class Schema:
                 problems.append((entry.key, f"{entry.key}: {what} (expected {entry.describe()})"))
         return [p for _, p in sorted(problems)]
 
+    def signature(self) -> dict[str, TensorSpec] | None:
+        """Return the one signature the schema allows, or None when it allows several.
+
+        A schema with glob keys, named dimensions or a free dtype describes many state dicts.
+        """
+        found: dict[str, TensorSpec] = {}
+        for entry in self.entries:
+            if entry.is_pattern or entry.dtype is None or entry.shape is None:
+                return None
+            if not all(isinstance(d, int) for d in entry.shape):
+                return None
+            found[entry.key] = TensorSpec(tuple(int(d) for d in entry.shape), entry.dtype)
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         """Return the schema as stored in its JSON file."""
         tensors: dict[str, Any] = {}
@@ -188,11 +204,16 @@ class Schema:
         return f'{{\n  "version": {json.dumps(self.version)},\n  "tensors": {{\n{inner}\n  }}\n}}\n'
 
     @classmethod
-    def from_signature(cls, version: str, sig: Mapping[str, TensorSpec]) -> Schema:
-        """Capture a schema with concrete shapes from a real state dict's signature."""
+    def from_signature(cls, version: str, sig: Mapping[str, TensorSpec], *, dtypes: bool = True) -> Schema:
+        """Capture a schema with concrete shapes from a real state dict's signature.
+
+        With ``dtypes=False`` every entry leaves its dtype free (the layout ships in several).
+        """
         return cls(
             version=version,
-            entries=tuple(SchemaEntry(key=k, shape=sig[k].shape, dtype=sig[k].dtype) for k in sorted(sig)),
+            entries=tuple(
+                SchemaEntry(key=k, shape=sig[k].shape, dtype=sig[k].dtype if dtypes else None) for k in sorted(sig)
+            ),
         )
 
 
@@ -231,11 +252,22 @@ def _parse_entry(key: str, raw: object, file: str) -> SchemaEntry:
 
 
 def load_schema(path: str | Path) -> Schema:
-    """Read a schema file; a malformed one raises :class:`CheckpointError` naming the file."""
+    """Read a schema file; a malformed one raises :class:`CheckpointError` naming the file.
+
+    Only a regular file (or a link to one) is read: a FIFO or a device is refused, never waited on.
+    """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without a writer, then is refused
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise CheckpointError(f"cannot read schema {path}: not a regular file; a schema is a JSON file")
+            raw = json.loads(handle.read().decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"cannot read schema {path}: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"cannot read schema {path}: its JSON is nested too deeply") from None
+    except ValueError as exc:
         raise CheckpointError(f"cannot read schema {path}: {exc}") from None
     if not isinstance(raw, Mapping) or not isinstance(raw.get("tensors"), Mapping):
         raise CheckpointError(f'{path}: a schema is {{"version": ..., "tensors": {{key: {{shape, dtype}}}}}}')

@@ -15,7 +15,7 @@ from packaging.version import InvalidVersion, Version
 
 from ckpt_path.errors import UnknownVersionError, VersionError
 
-__all__ = ["LATEST", "branch_of", "nearest_versions", "parse_version", "resolve_target"]
+__all__ = ["LATEST", "branch_of", "floor_version", "nearest_versions", "parse_version", "resolve_target"]
 
 LATEST = "latest"
 """The highest version without a local label."""
@@ -36,6 +36,18 @@ def branch_of(version: Version) -> str | None:
     if version.local is None:
         return None
     return version.local.split(".", 1)[0]
+
+
+def floor_version(version: Version, versions: Iterable[Version]) -> Version | None:
+    """Return the highest of ``versions`` at or below ``version`` on its branch, or None.
+
+    The branch is :func:`branch_of`: a main-line version only ever reads as a main-line
+    version, ``1.0.3+lam`` only as a ``lam`` version. This is how a release between two
+    converters reads: ``1.5.4`` with versions ``1.5.0`` and ``1.6.0`` is ``1.5.0``, and so is
+    ``1.6.0rc1`` (a pre-release sorts below its release).
+    """
+    branch = branch_of(version)
+    return max((v for v in versions if v <= version and branch_of(v) == branch), default=None)
 
 
 def resolve_target(text: str, versions: Iterable[Version]) -> Version:

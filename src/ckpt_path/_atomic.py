@@ -1,0 +1,311 @@
+"""Files written to temporaries beside their targets, fsynced, and placed all at once.
+
+One job. A :class:`Transaction` hands out temporary files, each in the directory of the file it
+will become (``.NAME.ckpt-path-XXXXXXXX.tmp``), flushed and fsynced when closed. When the
+``with`` block ends without an error the temporaries are placed in the order they were opened
+(so the last one, a sharded layout's index, is the one switch a reader sees), the directories
+are fsynced, and only then are the files queued with :meth:`Transaction.remove` removed. On
+any error, Ctrl-C or SIGTERM every temporary is removed and no target is touched.
+
+What it guarantees:
+
+- Without ``force`` an existing target is never replaced (each is placed with ``link()``,
+  which refuses to clobber). A *fresh* target (a new shard name) must not exist even with
+  ``force``; if placing a later file fails, the fresh files already placed are removed again.
+- A file in ``protect`` (the input) is never written or removed: the transaction refuses,
+  before any data is written, comparing real paths and inodes, so links and ``..`` do not fool it.
+- A target that is a symbolic link is written through: the file it points to is replaced and
+  the link is kept. A target that exists and is not a regular file (a directory, ``/dev/null``)
+  is never replaced. A replaced file keeps its permission bits; a new one gets what ``open()``
+  would give it under the current umask.
+- SIGTERM during a write is handled like Ctrl-C: the temporaries are removed, then the signal
+  is delivered again so the process ends with the status SIGTERM gives. During placement both
+  signals wait until every file is in place.
+- Temporaries of this tool that a SIGKILL left beside a target (same name pattern, not
+  modified for :data:`STALE_AFTER` seconds, owned by this user) are removed after a commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpt_path.errors import InputOverwriteError, OutputExistsError, SaveError
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from typing_extensions import Self
+
+__all__ = ["STALE_AFTER", "TEMP_MARK", "Transaction", "check_target", "temporary_pattern"]
+
+TEMP_MARK = ".ckpt-path-"
+"""Between a target's name and mkstemp's random part: ``.out.ckpt.ckpt-path-a1b2c3d4.tmp``."""
+
+STALE_AFTER = 600.0
+"""Seconds a temporary must have gone unmodified before it counts as left by a killed run."""
+
+_RANDOM = r"[a-z0-9_]{8}"
+"""What ``tempfile.mkstemp`` puts between prefix and suffix."""
+
+
+def temporary_pattern(names: str) -> re.Pattern[str]:
+    """Return the regex of this tool's temporaries for targets whose names match the regex ``names``."""
+    return re.compile(rf"\.(?:{names}){re.escape(TEMP_MARK)}{_RANDOM}\.tmp")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "it is a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "it is a device, not a regular file"
+    if stat.S_ISFIFO(mode):
+        return "it is a FIFO, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "it is a socket, not a regular file"
+    return "it is not a regular file"
+
+
+def check_target(path: Path) -> os.stat_result | None:
+    """Return the status of the file a write to ``path`` would replace, or None when there is none.
+
+    Refuses (:class:`SaveError`) anything but a regular file or a symbolic link to one.
+    """
+    try:
+        status = path.stat()  # follows links: a link is written through
+    except FileNotFoundError:
+        return None  # nothing there, or a dangling link whose target will be created
+    except OSError as exc:
+        raise SaveError(str(path), exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(status.st_mode):
+        raise SaveError(str(path), _kind(status.st_mode))
+    return status
+
+
+def _written_path(target: Path) -> Path:
+    """Return the file that writing ``target`` replaces: the target, or where its link leads."""
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+class _Protected:
+    """Files that must never be written or removed, by real path and by inode."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        self._entries: list[tuple[str, str, tuple[int, int] | None]] = []
+        for path in paths:
+            self._entries.append((os.fspath(path), os.path.realpath(path), _inode(Path(path))))
+
+    def find(self, path: Path) -> str | None:
+        """Return the protected file that ``path`` is (or leads to), or None."""
+        if not self._entries:
+            return None
+        real = os.path.realpath(path)
+        inode = _inode(path)
+        for shown, protected_real, protected_inode in self._entries:
+            if real == protected_real or (inode is not None and inode == protected_inode):
+                return shown
+        return None
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives during a write."""
+
+
+class Transaction:
+    """Temporary files beside their targets: all placed on success, all removed otherwise.
+
+    See the module's docstring for what it guarantees.
+    """
+
+    def __init__(self, *, force: bool, protect: Iterable[str | os.PathLike[str]] = ()) -> None:
+        self.force = force
+        self._protected = _Protected(protect)
+        self._files: list[tuple[Path, Path, bool]] = []
+        """(temporary, target, fresh) in the order they were opened."""
+        self._removals: list[Path] = []
+        self._stale: list[tuple[Path, str]] = []
+        self._previous_term: Any = None
+        self._terminated = False
+        self._defer = False
+        self._interrupted = False
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self._defer = True  # from here on SIGTERM waits until the files are placed or removed
+        try:
+            if kind is None and not self._terminated:
+                self._commit()
+        finally:
+            for tmp, _target, _fresh in self._files:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+            if self._previous_term is not None:
+                signal.signal(signal.SIGTERM, self._previous_term)
+                if self._terminated:
+                    signal.raise_signal(signal.SIGTERM)  # ends the process as SIGTERM would have
+        if self._interrupted:
+            raise KeyboardInterrupt
+
+    def _on_sigterm(self, _signum: int, _frame: FrameType | None) -> None:
+        self._terminated = True
+        if not self._defer:
+            raise _Terminated
+
+    def _on_sigint(self, _signum: int, _frame: FrameType | None) -> None:
+        self._interrupted = True
+
+    def guard(self, path: Path, action: str = "replace") -> None:
+        """Refuse (:class:`InputOverwriteError`) when ``path`` is, or leads to, a protected file."""
+        found = self._protected.find(path)
+        if found is not None:
+            raise InputOverwriteError(str(path), found, action)
+
+    def remove(self, path: Path) -> None:
+        """Remove ``path`` once every file is in place (refused now if it is protected)."""
+        self.guard(path, "remove")
+        self._removals.append(path)
+
+    def clean_stale(self, directory: Path, names: str) -> None:
+        """After the commit, remove old temporaries of this tool for targets in ``directory`` named like ``names``."""
+        self._stale.append((directory, names))
+
+    @contextlib.contextmanager
+    def open(self, target: Path, *, fresh: bool = False) -> Iterator[Any]:
+        """Open a temporary binary file that becomes ``target`` when the transaction commits.
+
+        A ``fresh`` target must not exist when it is placed, even with ``force``.
+        """
+        self.guard(target)
+        real = _written_path(target)
+        if real != target:
+            self.guard(real)
+        existing = check_target(real)
+        if existing is not None and (fresh or not self.force):
+            raise OutputExistsError(str(target))
+        # mkstemp makes the file private (0600): give it the replaced file's mode, or open()'s.
+        mode = stat.S_IMODE(existing.st_mode) if existing is not None else 0o666 & ~_umask()
+        fd, name = tempfile.mkstemp(prefix=f".{real.name}{TEMP_MARK}", suffix=".tmp", dir=real.parent)
+        tmp = Path(name)
+        self._files.append((tmp, real, fresh))
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _commit(self) -> None:
+        previous_int = None
+        if self._previous_term is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous_int = signal.signal(signal.SIGINT, self._on_sigint)  # Ctrl-C waits for the placement
+        try:
+            self._place_all()
+        finally:
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
+
+    def _place_all(self) -> None:
+        if not self.force:
+            for _tmp, target, _fresh in self._files:
+                if target.exists():
+                    raise OutputExistsError(str(target))
+        self._place_or_undo()
+        for directory in {target.parent for _tmp, target, _fresh in self._files}:
+            _fsync_directory(directory)
+        for path in self._removals:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        stale = [(target.parent, re.escape(target.name)) for _tmp, target, _fresh in self._files]
+        for directory, names in [*stale, *self._stale]:
+            remove_stale_temporaries(directory, names)
+
+    def _place_or_undo(self) -> None:
+        """Place every file in order; if one fails, remove the ones this placed by link()."""
+        placed: list[Path] = []
+        try:
+            for tmp, target, fresh in self._files:
+                _place(tmp, target, replace=self.force and not fresh)
+                if fresh or not self.force:
+                    placed.append(target)
+        except BaseException:
+            for target in placed:  # created by link() just now: nobody else's file
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            raise
+
+
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+"""What link() says on a file system that has no hard links."""
+
+
+def _place(tmp: Path, target: Path, *, replace: bool) -> None:
+    if replace:
+        tmp.replace(target)
+        return
+    try:
+        os.link(tmp, target)  # refuses to replace a file that appeared meanwhile
+    except FileExistsError:
+        raise OutputExistsError(str(target)) from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(target):  # a file system without hard links: check, then rename
+            raise OutputExistsError(str(target)) from None
+        tmp.replace(target)
+
+
+def remove_stale_temporaries(directory: Path, names: str, *, older_than: float = STALE_AFTER) -> list[Path]:
+    """Remove this tool's temporaries in ``directory`` for targets named like the regex ``names``.
+
+    Only regular files owned by this user and not modified for ``older_than`` seconds, so a
+    conversion still running never loses its file. Returns what was removed.
+    """
+    pattern = temporary_pattern(names)
+    now = time.time()
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if not pattern.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                status = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(status.st_mode) and status.st_uid == os.getuid() and now - status.st_mtime > older_than:
+                    Path(entry.path).unlink()
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,164 @@
+"""One conversion pipeline behind every entry point: load, find the version, plan, run.
+
+The command line, :func:`ckpt_path.convert_file`, :func:`ckpt_path.load`, the Lightning mixin,
+the testing helpers and ``check`` all go through :func:`upgrade` (or, for a plan chosen by
+hand, through the same :func:`ckpt_path.runner.run_plan`), so a checkpoint is read once, its
+version is found one way, and every step is checked the same way wherever it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ckpt_path.checkpoint import Checkpoint, dict_subclass_error, load_checkpoint
+from ckpt_path.errors import CkptPathError, UnsafeCheckpointError
+from ckpt_path.pickles import Moves, everything_deleted
+from ckpt_path.planner import Plan
+from ckpt_path.provenance import SourceVersion, digest_mismatches, source_version
+from ckpt_path.registry import Registry
+from ckpt_path.runner import OnStep, StepReport, run_plan
+
+__all__ = ["Upgrade", "open_checkpoint", "upgrade"]
+
+log = logging.getLogger("ckpt_path")
+
+
+@dataclass(slots=True, kw_only=True)
+class Upgrade:
+    """What :func:`upgrade` did: the converted checkpoint, the plan, a report per step."""
+
+    checkpoint: Checkpoint
+    plan: Plan
+    source: SourceVersion
+    steps: list[StepReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        """Whether every step was verified against its landing version's schema."""
+        return all(report.verified for report in self.steps)
+
+
+def _resolve(  # noqa: PLR0913 - what deciding a checkpoint's path needs
+    checkpoint: Checkpoint,
+    registry: Registry,
+    target: str,
+    *,
+    source: str | None,
+    unstamped: str | None,
+    allow_lossy: bool,
+) -> tuple[SourceVersion, Plan]:
+    found = source_version(checkpoint, registry, source, unstamped=unstamped)
+    return found, registry.plan(found.version, target, allow_lossy=allow_lossy)
+
+
+def open_checkpoint(  # noqa: PLR0913 - the options of loading for a conversion
+    path: str | Path,
+    registry: Registry,
+    target: str = "latest",
+    *,
+    source: str | None = None,
+    unstamped: str | None = None,
+    allow_lossy: bool = False,
+    state_dict_key: str | None = None,
+    safe_globals: Sequence[str] = (),
+) -> tuple[Checkpoint, SourceVersion, Plan]:
+    """Load a checkpoint file once, find its version and plan its path.
+
+    A pickle naming globals that weights-only loading refuses, in a project whose converters
+    declare moved globals, is first read with inert placeholders for all of them (importing
+    nothing) to learn its version and plan; it is then loaded with the user's safe globals and
+    the moves of the converters on that path, and only those. Dict subclasses a converter
+    declares ``read_as_dict`` are read as plain dicts on every load.
+    """
+    plain = registry.dict_globals
+
+    def read(moves: Moves | None) -> Checkpoint:
+        return load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=moves)
+
+    try:
+        checkpoint = read(plain or None)
+    except UnsafeCheckpointError as refused:
+        try:
+            peek = read(Moves.merge([everything_deleted(), plain]))
+        except CkptPathError:
+            raise refused from None
+        dicts = sorted(set(refused.globals_needed) & set(peek.read_as_dict))
+        if dicts:  # a global nothing allows is a dict subclass: say what would read it
+            raise dict_subclass_error(str(path), dicts[0]) from None
+        if not any(c.moves for c in registry.converters):
+            raise
+        found, plan = _resolve(peek, registry, target, source=source, unstamped=unstamped, allow_lossy=allow_lossy)
+        moves = Moves.merge([plain, *(s.converter.moves for s in plan.steps if s.converter.moves)])
+        return read(moves), found, plan
+    found, plan = _resolve(checkpoint, registry, target, source=source, unstamped=unstamped, allow_lossy=allow_lossy)
+    return checkpoint, found, plan
+
+
+def _to_meta(checkpoint: Checkpoint) -> None:
+    """Swap every state-dict tensor for a meta tensor: shapes stay, no data is read."""
+    state_dict = checkpoint.state_dict
+    for key, value in list(state_dict.items()):
+        if isinstance(value, torch.Tensor):
+            state_dict[key] = value.to("meta")
+
+
+def upgrade(  # noqa: PLR0913 - the options every entry point shares
+    checkpoint: Checkpoint | str | Path,
+    registry: Registry,
+    target: str = "latest",
+    *,
+    source: str | None = None,
+    unstamped: str | None = None,
+    allow_lossy: bool = False,
+    strict: bool = False,
+    dry_run: bool = False,
+    state_dict_key: str | None = None,
+    safe_globals: Sequence[str] = (),
+    on_step: OnStep | None = None,
+) -> Upgrade:
+    """Convert a checkpoint to ``target``: find its version, plan, run every step checked, stamp.
+
+    ``checkpoint`` is a :class:`Checkpoint` (e.g. ``Checkpoint.from_object(ckpt)``, converted in
+    place) or a file path (loaded by :func:`open_checkpoint`; the file is never written). The
+    version comes from ``source`` (``--from``; ``"auto"`` infers it from the schemas), else the
+    stamp, else the project's ``version-key``, else ``unstamped`` (a version or ``"auto"``);
+    with none of them the checkpoint is refused (:class:`NoStampError`), never guessed. With
+    ``dry_run`` the steps run on meta tensors (no tensor data read). Raises a
+    :class:`CkptPathError` subclass for anything a user can cause.
+    """
+    if isinstance(checkpoint, Checkpoint):
+        found, plan = _resolve(
+            checkpoint, registry, target, source=source, unstamped=unstamped, allow_lossy=allow_lossy
+        )
+        held = checkpoint
+    else:
+        held, found, plan = open_checkpoint(
+            checkpoint,
+            registry,
+            target,
+            source=source,
+            unstamped=unstamped,
+            allow_lossy=allow_lossy,
+            state_dict_key=state_dict_key,
+            safe_globals=safe_globals,
+        )
+    warnings = digest_mismatches(held.stamp, registry)
+    stamped = held.stamp.version if held.stamp is not None else None
+    if found.version_from == "--from" and stamped is not None and stamped != str(found.version):
+        warnings.append(f"{held.name} is stamped {stamped} but --from {source} was given; using {found.version}")
+    if found.version_from != "stamp":
+        log.info("%s has no stamp; its version %s comes from %s", held.name, found.version, found.version_from)
+    if plan.requested_source is not None and plan.source_note:
+        warnings.append(plan.source_note)
+    if dry_run:
+        _to_meta(held)
+    reports, run_warnings = run_plan(
+        held, plan, schemas=registry.schema, strict=strict, dry_run=dry_run, on_step=on_step
+    )
+    return Upgrade(checkpoint=held, plan=plan, source=found, steps=reports, warnings=warnings + run_warnings)

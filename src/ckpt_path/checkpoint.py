@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import pickle
 import re
 import types
 import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -77,12 +79,14 @@ class Checkpoint:
     """Globals read as inert placeholders because nothing allowed them (see :func:`load_checkpoint`)."""
     read_as_dict: tuple[str, ...] = ()
     """Dict subclasses read as plain dicts (declared ``read_as_dict``, or by a peek)."""
+    damaged_stamp: StampError | None = None
+    """What is wrong with a stamp that could not be trusted (then ``stamp`` is None)."""
 
     @classmethod
     def from_object(cls, obj: Any, *, state_dict_key: str | None = None) -> Checkpoint:  # noqa: ANN401
         """Wrap a checkpoint object held in memory (a dict, a flat state dict)."""
         state_dict_at = find_state_dict(obj, state_dict_key)
-        return cls(obj=obj, state_dict_at=state_dict_at, stamp=_stamp_of(obj, state_dict_at, None), format="object")
+        return cls(obj=obj, state_dict_at=state_dict_at, format="object", **_stamped(obj, state_dict_at, None))
 
     @property
     def name(self) -> str:
@@ -100,11 +104,12 @@ class Checkpoint:
         self.stamp = stamp
 
 
-def _stamp_of(obj: object, state_dict_at: Sequence[str], path: Path | None) -> Stamp | None:
+def _stamped(obj: object, state_dict_at: Sequence[str], path: Path | None) -> dict[str, Any]:
+    """Read the stamp once: ``stamp``, or ``damaged_stamp`` saying what is wrong with it."""
     try:
-        return read_stamp(obj, state_dict_at)
+        return {"stamp": read_stamp(obj, state_dict_at), "damaged_stamp": None}
     except StampError as exc:
-        raise exc.at(str(path)) if path is not None else exc from None
+        return {"stamp": None, "damaged_stamp": exc.at(str(path)) if path is not None else exc}
 
 
 def _is_tensor_map(value: object) -> bool:
@@ -153,7 +158,7 @@ def _string_keys(state_dict: Mapping[Any, Any], at: tuple[str, ...]) -> tuple[st
     if odd:
         where = ".".join(at) or "the state dict"
         raise CheckpointError(
-            f"{where} has a key that is not a string ({odd[0]!r}, a {type(odd[0]).__name__}); "
+            f"{where} has a key that is not a string ({odd[0]!r} of type {type(odd[0]).__name__}); "
             "a state dict maps parameter names to tensors",
         )
     return at
@@ -192,7 +197,7 @@ def _user_globals(names: Sequence[str]) -> dict[str, object]:
     return allowed
 
 
-def _load_safetensors(path: Path, state_dict_key: str | None, *, trust_stamp: bool) -> Checkpoint:
+def _load_safetensors(path: Path, state_dict_key: str | None) -> Checkpoint:
     if state_dict_key is not None:
         raise CheckpointError(f"--state-dict does not apply to {path.name}: safetensors hold a flat state dict")
     if formats.is_sharded(path):
@@ -200,7 +205,7 @@ def _load_safetensors(path: Path, state_dict_key: str | None, *, trust_stamp: bo
         return Checkpoint(
             obj=state_dict,
             state_dict_at=(),
-            stamp=_stamp_of(state_dict, (), path) if trust_stamp else None,
+            **_stamped(state_dict, (), path),
             format="safetensors-sharded",
             file=path,
             files=(path, *_shard_files(path)),
@@ -211,7 +216,7 @@ def _load_safetensors(path: Path, state_dict_key: str | None, *, trust_stamp: bo
     return Checkpoint(
         obj=state_dict,
         state_dict_at=(),
-        stamp=_stamp_of(state_dict, (), path) if trust_stamp else None,
+        **_stamped(state_dict, (), path),
         format="safetensors",
         file=path,
         files=(path,),
@@ -289,31 +294,31 @@ def _torch_load(  # noqa: C901 - one loop over what torch refuses, each case sai
     raise UnreadableCheckpointError(name, f"needs more than {_MAX_ROUNDS} rounds of moved globals")
 
 
-def load_checkpoint(  # noqa: PLR0913 - the ways a file may be read
+def load_checkpoint(
     path: str | Path,
     *,
     state_dict_key: str | None = None,
     safe_globals: Sequence[str] = (),
     mmap: bool = True,
     moves: Moves | None = None,
-    trust_stamp: bool = True,
 ) -> Checkpoint:
     """Load a checkpoint file with ``weights_only=True``, memory-mapped where possible.
 
     ``safe_globals`` names extra globals (``package.module.Class``) the user trusts; they win
     over any move. ``moves`` maps globals that moved, were deleted or are read as plain dicts
     (see :mod:`ckpt_path.pickles`); a global that neither covers is refused. Raises
-    :class:`UnreadableCheckpointError` or :class:`UnsafeCheckpointError`, and
-    :class:`StampError` for a damaged stamp unless ``trust_stamp`` is False (then the stamp is
-    ignored, for ``ckpt-path stamp`` to replace it).
+    :class:`UnreadableCheckpointError` or :class:`UnsafeCheckpointError`. A damaged stamp is
+    not trusted: it is kept as ``damaged_stamp`` and raised where the version is needed.
     """
     path = Path(path)
     name = str(path)
     if not path.is_file():
         raise UnreadableCheckpointError(name, "no such file" if not path.exists() else "not a file")
     if formats.is_sharded(path) or formats.is_safetensors(path):
-        return _load_safetensors(path, state_dict_key, trust_stamp=trust_stamp)
-    zipped = zipfile.is_zipfile(path)
+        return _load_safetensors(path, state_dict_key)
+    zipped = _is_zip(path)
+    if zipped:
+        _check_pickle_record(path)
     obj, placeholders, dicts = _torch_load(
         path, zipped=zipped, user=_user_globals(safe_globals), moves=moves, mmap=mmap
     )
@@ -323,13 +328,105 @@ def load_checkpoint(  # noqa: PLR0913 - the ways a file may be read
     return Checkpoint(
         obj=obj,
         state_dict_at=state_dict_at,
-        stamp=_stamp_of(obj, state_dict_at, path) if trust_stamp else None,
+        **_stamped(obj, state_dict_at, path),
         format="torch" if zipped else "torch-legacy",
         file=path,
         files=(path,),
         placeholders=placeholders,
         read_as_dict=dicts,
     )
+
+
+MAX_PICKLE_ENV = "CKPT_PATH_MAX_PICKLE_MB"
+"""Environment variable that raises the size limit of a checkpoint's pickle (``data.pkl``)."""
+DEFAULT_MAX_PICKLE_MB = 1024
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError)
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip archive; a damaged end of central directory is damage, not "no"."""
+    try:
+        return zipfile.is_zipfile(path)
+    except _ZIP_ERRORS as exc:
+        raise UnreadableCheckpointError(str(path), f"damaged zip archive ({exc})") from None
+
+
+def _max_pickle_bytes() -> int:
+    text = os.environ.get(MAX_PICKLE_ENV, str(DEFAULT_MAX_PICKLE_MB))
+    try:
+        return int(float(text) * 1024 * 1024)
+    except ValueError:
+        raise CheckpointError(f"{MAX_PICKLE_ENV}={text!r} is not a number of MiB") from None
+
+
+def _check_pickle_record(path: Path) -> None:
+    """Refuse a ``data.pkl`` that is compressed or larger than the limit, before inflating it.
+
+    torch.save never compresses it, and a pickle describes tensors, not holds them: a huge or
+    compressed one is a zip bomb or not a checkpoint. ``CKPT_PATH_MAX_PICKLE_MB`` raises the limit.
+    """
+    limit = _max_pickle_bytes()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1] == "data.pkl"]
+    except _ZIP_ERRORS as exc:
+        raise UnreadableCheckpointError(str(path), f"damaged zip archive ({exc})") from None
+    for record in records:
+        if record.compress_type != zipfile.ZIP_STORED:
+            raise UnreadableCheckpointError(
+                str(path),
+                f"{record.filename} is compressed ({record.compress_size} bytes inflating to {record.file_size}); "
+                "torch.save never compresses it, so the file was not written by torch; nothing was read",
+            )
+        if record.file_size > limit:
+            raise UnreadableCheckpointError(
+                str(path),
+                f"{record.filename} is {record.file_size / 2**20:.0f} MiB, over the {limit / 2**20:.0f} MiB limit "
+                f"for a checkpoint's pickle; if you trust the file, raise it with {MAX_PICKLE_ENV}=MIB",
+            )
+
+
+def verify_records(checkpoint: Checkpoint) -> None:
+    """Check every record of a torch zip input against its CRC-32 (the bytes are mapped, not copied).
+
+    A conversion reads every byte it writes, and a fresh file would carry fresh CRCs: a record
+    corrupted in transit must be refused here, not laundered into a file that looks valid.
+    """
+    if checkpoint.format != "torch" or checkpoint.file is None:
+        return
+    name = str(checkpoint.file)
+    try:
+        with zipfile.ZipFile(checkpoint.file) as archive, checkpoint.file.open("rb") as raw:
+            if os.fstat(raw.fileno()).st_size == 0:
+                return
+            with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                for record in archive.infolist():
+                    if not _record_intact(mapped, record):
+                        raise UnreadableCheckpointError(
+                            name,
+                            f"record {record.filename} is damaged (its CRC-32 does not match its bytes); the "
+                            "file was corrupted on disk or in transit; nothing was written",
+                        )
+    except _ZIP_ERRORS as exc:
+        raise UnreadableCheckpointError(name, f"damaged zip archive ({exc})") from None
+
+
+def _record_intact(mapped: mmap.mmap, record: zipfile.ZipInfo) -> bool:
+    header = mapped[record.header_offset : record.header_offset + 30]
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":  # noqa: PLR2004 - a local file header's fixed part
+        return False
+    start = (
+        record.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    )
+    view = memoryview(mapped)
+    try:
+        data = view[start : start + record.compress_size]
+        try:
+            return len(data) == record.compress_size and zlib.crc32(data) == record.CRC
+        finally:
+            data.release()
+    finally:
+        view.release()
 
 
 def dict_subclass_error(path: str, cls: str) -> UnreadableCheckpointError:

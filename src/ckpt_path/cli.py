@@ -299,6 +299,16 @@ def convert(
         ),
     ] = False,
     safe_global: SafeGlobalOption = None,
+    drop_optimizer_state: Annotated[
+        bool,
+        typer.Option(
+            "--drop-optimizer-state",
+            help=(
+                "Drop optimizer state that cannot follow a changed parameter (lossy: training resumes with "
+                "fresh optimizer state) instead of refusing the conversion."
+            ),
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     r"""Convert a checkpoint to another version, checking shapes after every step.
@@ -336,6 +346,7 @@ def convert(
                 state_dict_key=state_dict,
                 safe_globals=tuple(safe_global or ()),
                 state_dict_only=state_dict_only,
+                drop_optimizer_state=drop_optimizer_state,
                 on_step=progress.on_step,
                 on_write=progress.on_write,
             )
@@ -475,7 +486,7 @@ def inspect_command(
     lines = [
         f"file:        {info['path']} ({_human_bytes(info['file_bytes'])})",
         f"format:      {info['format']}",
-        f"version:     {version or 'not stamped (use `ckpt-path stamp` or --from)'}",
+        f"version:     {version or _unstamped(info)}",
         f"state dict:  {where}",
         f"tensors:     {info['tensors']} ({_human_bytes(info['bytes'])}); {dtypes}",
     ]
@@ -491,6 +502,12 @@ def inspect_command(
     typer.echo("\n".join(line.rstrip() for line in lines))
     for warning in info["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
+
+
+def _unstamped(info: dict[str, object]) -> str:
+    if info.get("damaged_stamp"):
+        return f"damaged stamp ({info['damaged_stamp']}); replace it with `ckpt-path stamp` or pass --from"
+    return "not stamped (use `ckpt-path stamp` or --from)"
 
 
 def _human_bytes(n: int) -> str:

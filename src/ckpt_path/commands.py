@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_path.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ckpt_path.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, verify_records
 from ckpt_path.errors import (
     CheckpointError,
     CkptPathError,
     NoStampError,
     OutputExistsError,
-    StampError,
     UnsafeCheckpointError,
     UsageError,
     VersionInferenceError,
@@ -110,6 +109,7 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
     state_dict_key: str | None = None,
     safe_globals: Sequence[str] = (),
     state_dict_only: bool = False,
+    drop_optimizer_state: bool = False,
     on_step: OnStep | None = None,
     on_write: Progress | None = None,
 ) -> ConvertResult:
@@ -134,11 +134,13 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
         dry_run=dry_run,
         state_dict_key=state_dict_key,
         safe_globals=safe_globals,
+        drop_optimizer_state=drop_optimizer_state,
         on_step=on_step,
     )
     written = None
     if output_path is not None:
         checkpoint = done.checkpoint
+        verify_records(checkpoint)
         written = save_checkpoint(
             checkpoint.obj,
             output_path,
@@ -282,6 +284,7 @@ def inspect_file(
         needs = list(exc.globals_needed)
         checkpoint = _peek(path, state_dict_key, safe_globals)
     stamp = checkpoint.stamp
+    damaged = [str(checkpoint.damaged_stamp)] if checkpoint.damaged_stamp is not None else []
     sig = signature(checkpoint.state_dict)
     nbytes = sum(int(v.numel()) * int(v.element_size()) for v in checkpoint.state_dict.values() if hasattr(v, "numel"))
     top_keys = sorted(str(k) for k in checkpoint.obj) if checkpoint.state_dict_at else []
@@ -298,11 +301,12 @@ def inspect_file(
         "keys": top_keys,
         "globals": sorted(set(needs) | set(checkpoint.placeholders)),
         "inferred_version": None,
-        "warnings": [],
+        "damaged_stamp": checkpoint.damaged_stamp.problem if checkpoint.damaged_stamp is not None else None,
+        "warnings": damaged,
     }
     if registry is not None:
-        info["warnings"] = digest_mismatches(stamp, registry)
-        if stamp is None:
+        info["warnings"] += digest_mismatches(stamp, registry)
+        if stamp is None and not damaged:
             try:
                 found = source_version(checkpoint, registry)
                 info["inferred_version"], info["version_from"] = str(found.version), found.version_from
@@ -330,15 +334,13 @@ def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`
 ) -> Path:
     """Stamp a checkpoint with ``version``; write it to ``output`` (default: in place, atomically).
 
-    A damaged stamp is replaced (its history cannot be trusted, so it is not kept).
+    A damaged stamp is replaced (its history cannot be trusted, so it is not kept), and so is a
+    flat state dict's ``_metadata`` that is not a mapping.
     """
     checked = str(parse_version(version))
-    try:
-        checkpoint = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
-        old = checkpoint.stamp
-    except StampError:
-        checkpoint = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals, trust_stamp=False)
-        old = None
+    checkpoint = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
+    old = checkpoint.stamp
+    verify_records(checkpoint)
     history = (*old.history, _restamp_entry(old.version, checked)) if old is not None else ()
     obj = write_stamp(checkpoint.obj, checkpoint.state_dict_at, Stamp(version=checked, history=history))
     source_file = checkpoint.file or Path(path)

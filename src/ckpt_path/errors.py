@@ -328,18 +328,21 @@ class UsageError(CkptPathError):
 class ShapeMismatchError(CkptPathError):
     """After a step, the state dict does not have the shapes it must have.
 
-    ``problems`` holds one line per offending key, sorted by key.
+    ``problems`` holds one line per offending key, sorted by key; ``schema`` is the schema file
+    the state dict was checked against, if any.
     """
 
-    def __init__(self, source: str, target: str, file: str, problems: Sequence[str]) -> None:
+    def __init__(self, source: str, target: str, file: str, problems: Sequence[str], schema: str | None = None) -> None:
         self.source = source
         self.target = target
         self.file = file
         self.problems = tuple(problems)
+        self.schema = schema
         shown = "; ".join(self.problems[:_SHOWN])
         more = f"; and {len(self.problems) - _SHOWN} more" if len(self.problems) > _SHOWN else ""
+        against = f" (checked against {schema})" if schema else ""
         super().__init__(
-            f"step {source} -> {target} ({file}) left a wrong state dict: {shown}{more}",
+            f"step {source} -> {target} ({file}) left a wrong state dict{against}: {shown}{more}",
         )
 
 

@@ -120,6 +120,7 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
     dry_run: bool = False,
     state_dict_key: str | None = None,
     safe_globals: Sequence[str] = (),
+    drop_optimizer_state: bool = False,
     on_step: OnStep | None = None,
 ) -> Upgrade:
     """Convert a checkpoint to ``target``: find its version, plan, run every step checked, stamp.
@@ -130,7 +131,8 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
     stamp, else the project's ``version-key``, else ``unstamped`` (a version or ``"auto"``);
     with none of them the checkpoint is refused (:class:`NoStampError`), never guessed. With
     ``dry_run`` the steps run on meta tensors (no tensor data read). Raises a
-    :class:`CkptPathError` subclass for anything a user can cause.
+    :class:`CkptPathError` subclass for anything a user can cause. Optimizer state follows the
+    parameters it belongs to, or the conversion is refused unless ``drop_optimizer_state``.
     """
     if isinstance(checkpoint, Checkpoint):
         found, plan = _resolve(
@@ -149,6 +151,8 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
             safe_globals=safe_globals,
         )
     warnings = digest_mismatches(held.stamp, registry)
+    if held.damaged_stamp is not None:
+        warnings.append(f"{held.name}: the stamp is damaged ({held.damaged_stamp.problem}); using --from {source}")
     stamped = held.stamp.version if held.stamp is not None else None
     if found.version_from == "--from" and stamped is not None and stamped != str(found.version):
         warnings.append(f"{held.name} is stamped {stamped} but --from {source} was given; using {found.version}")
@@ -159,6 +163,12 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
     if dry_run:
         _to_meta(held)
     reports, run_warnings = run_plan(
-        held, plan, schemas=registry.schema, strict=strict, dry_run=dry_run, on_step=on_step
+        held,
+        plan,
+        schemas=registry.schema,
+        strict=strict,
+        dry_run=dry_run,
+        drop_optimizer_state=drop_optimizer_state,
+        on_step=on_step,
     )
     return Upgrade(checkpoint=held, plan=plan, source=found, steps=reports, warnings=warnings + run_warnings)

@@ -99,6 +99,8 @@ def source_version(
     need not be a node of the graph: the planner reads it as the highest node at or below it.
     """
     key = registry.settings.version_key
+    if source is None and checkpoint.damaged_stamp is not None:
+        raise checkpoint.damaged_stamp
     if source is not None:
         found = _given(source, checkpoint, registry, "--from")
     elif checkpoint.stamp is not None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from packaging.version import Version
 
+from ckpt_path import optimizer
 from ckpt_path.checkpoint import Checkpoint, get_state_dict
 from ckpt_path.converters import Converter
 from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError, UnverifiedStepError
@@ -54,6 +55,8 @@ class StepReport:
     """False in a dry run or a prediction when the step's effect is known only when it runs."""
     note: str = ""
     """Why a step was not predicted, for people."""
+    optimizer: str = ""
+    """What happened to the checkpoint's optimizer state, when the step changed it (or dropped it)."""
 
     @property
     def status(self) -> str:
@@ -80,6 +83,7 @@ class StepReport:
             "predicted": self.predicted,
             "status": self.status,
             "note": self.note,
+            "optimizer": self.optimizer,
         }
 
 
@@ -169,6 +173,7 @@ def run_plan(  # noqa: PLR0913 - each option is a documented knob of a run
     schemas: SchemaLookup | None = None,
     strict: bool = False,
     dry_run: bool = False,
+    drop_optimizer_state: bool = False,
     on_step: OnStep | None = None,
 ) -> tuple[list[StepReport], list[str]]:
     """Apply ``plan`` to ``checkpoint`` in place, step by step, checked; stamp it with the target.
@@ -178,7 +183,8 @@ def run_plan(  # noqa: PLR0913 - each option is a documented knob of a run
     the state dict in a shape it must not have, and with ``strict``
     :class:`UnverifiedStepError` for a step no schema verified. With ``dry_run`` (meta tensors)
     a step whose effect is known only when it runs on real data is reported as not predicted,
-    and so is every step after it.
+    and so is every step after it. Optimizer state follows each step's parameters (see
+    :mod:`ckpt_path.optimizer`) or the step is refused; ``drop_optimizer_state`` drops it instead.
     """
     stamp = checkpoint.stamp or Stamp(version=str(plan.source))
     reports: list[StepReport] = []
@@ -191,11 +197,15 @@ def run_plan(  # noqa: PLR0913 - each option is a documented knob of a run
             reports.append(_not_predicted(step, f"follows step {unknown}, whose effect is not known"))
         else:
             try:
-                reports.append(_run_step(step, checkpoint, schemas, strict=strict, dry_run=dry_run))
+                reports.append(
+                    _run_step(step, checkpoint, schemas, strict=strict, dry_run=dry_run, drop=drop_optimizer_state)
+                )
             except _Unpredictable as exc:
                 reports.append(_not_predicted(step, exc.note))
                 unknown = f"{step.source} -> {step.target}"
         report = reports[-1]
+        if report.optimizer:
+            warnings.append(f"step {step.source} -> {step.target}: {report.optimizer}")
         if report.predicted and not report.checked:
             warnings.append(
                 f"step {step.source} -> {step.target} ({step.converter.origin}) is unchecked: it declares no "
@@ -223,18 +233,20 @@ def _not_predicted(step: Step, note: str) -> StepReport:
     return StepReport(step=step, applied=True, diff=ShapeDiff(), checked=(), verified=False, predicted=False, note=note)
 
 
-def _run_step(
+def _run_step(  # noqa: PLR0913 - a step, where it runs, and the run's options
     step: Step,
     checkpoint: Checkpoint,
     schemas: SchemaLookup | None,
     *,
     strict: bool,
     dry_run: bool,
+    drop: bool,
 ) -> StepReport:
     converter = step.converter
     src, tgt, origin = str(step.source), str(step.target), converter.origin
     at = checkpoint.state_dict_at
-    before = signature(checkpoint.state_dict)
+    tensors = dict(checkpoint.state_dict)  # the objects themselves: what each key held before the step
+    before = signature(tensors)
     when = _guard(converter)
     applied, output = _call(step, _code(converter, at), when, checkpoint.obj, dry_run=dry_run)
     if applied:
@@ -248,16 +260,20 @@ def _run_step(
     except (KeyError, TypeError, CkptPathError):
         where = ".".join(at) or "the checkpoint"
         raise StepError(src, tgt, origin, f"the state dict at {where} is gone after the step") from None
+    followed = ""
     if not dry_run:
         _refuse_meta(state_dict, step)
     after = signature(state_dict)
     checked, verified = _check_step(step, before, after, schemas, strict=strict)
+    if applied and not dry_run:
+        followed = optimizer.follow_step(checkpoint, step, tensors, drop=drop) or ""
     return StepReport(
         step=step,
         applied=applied,
         diff=diff_signatures(before, after),
         checked=checked,
         verified=verified,
+        optimizer=followed,
     )
 
 
@@ -319,9 +335,10 @@ def _check_step(
     schema = schemas(step.target) if schemas is not None else None
     if schema is not None:
         checked.append("schema")
-        problems += [f"{p} (schema {schema.file or tgt})" for p in schema.check(after)]
+        problems += schema.check(after)
     if problems:
-        raise ShapeMismatchError(src, tgt, origin, sorted(set(problems)))
+        where = (schema.file or f"the schema of {tgt}") if schema is not None else None
+        raise ShapeMismatchError(src, tgt, origin, sorted(set(problems)), schema=where)
     verified = schema is not None
     if strict and not verified:
         raise UnverifiedStepError(src, tgt, origin, checked)

@@ -134,22 +134,20 @@ def write_stamp(obj: Any, state_dict_at: Sequence[str], stamp: Stamp) -> Any:  #
 
     A dict checkpoint gets a top-level ``ckpt_path`` key. A flat state dict gets it in its
     ``_metadata`` (turning a plain dict into an ``OrderedDict``), so that
-    ``model.load_state_dict(sd, strict=True)`` still sees only parameter keys.
+    ``model.load_state_dict(sd, strict=True)`` still sees only parameter keys. A ``_metadata``
+    that is not a mapping (damage, reported when the stamp was read) is replaced.
     """
     if state_dict_at:
         obj[STAMP_KEY] = stamp.to_dict()
         return obj
-    if not isinstance(obj, OrderedDict):
+    try:
         metadata = _flat_metadata(obj)
+    except StampError:  # damage already reported on reading; the new stamp replaces it
+        metadata = None
+    if not isinstance(obj, OrderedDict):
         obj = OrderedDict(obj)
-        if metadata is not None:
-            obj._metadata = metadata  # noqa: SLF001 - torch's own convention for state-dict metadata
-    metadata = _flat_metadata(obj)
-    if metadata is None:
-        metadata = OrderedDict()
-        obj._metadata = metadata  # noqa: SLF001
-    if not isinstance(metadata, dict):
-        metadata = OrderedDict(metadata)
-        obj._metadata = metadata  # noqa: SLF001
-    metadata[STAMP_KEY] = stamp.to_dict()
+    writable = OrderedDict(metadata) if metadata is not None and not isinstance(metadata, dict) else metadata
+    writable = OrderedDict() if writable is None else writable
+    writable[STAMP_KEY] = stamp.to_dict()
+    obj._metadata = writable  # noqa: SLF001 - torch's own convention for state-dict metadata
     return obj

@@ -21,12 +21,14 @@ test: lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests converters benchmarks
+	$(BIN)/ruff format --check src tests converters benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage report
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 from ckpt_fixtures import CKPT_PATH_BIN
 from ckpt_path.check import Finding, check_directory, scaffold_converter
 from ckpt_path.cli import app
-from ckpt_path.converters import read_converter_file
+from ckpt_path.converter_files import read_converter_file
 from ckpt_path.errors import CkptPathError
 from ckpt_path.registry import Registry
 from ckpt_path.testing import assert_equal_checkpoints, run_edge, synthetic_checkpoint
@@ -144,7 +144,7 @@ def test_explicit_file_clashing_with_an_inverse_is_reported(examples):
     lines = errors(check(examples))
     duplicate = [line for line in lines if "two converters for 1.0.0+lam -> 1.0.0" in line]
     assert len(duplicate) == 1, lines
-    assert str(examples / "004_lam_head.py") + " (inverse)" in duplicate[0]
+    assert str(examples / "004_lam_head.py") + " (inverse of reversible)" in duplicate[0]
     assert str(clash) in duplicate[0]
 
 

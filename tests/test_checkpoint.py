@@ -22,6 +22,7 @@ from ckpt_path.errors import (
     OutputExistsError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,
+    UsageError,
 )
 from ckpt_path.stamp import STAMP_KEY, Stamp, read_stamp, write_stamp
 
@@ -283,9 +284,9 @@ def test_safe_global_allows_trusted_class(tmp_path, monkeypatch):
 
 
 def test_safe_global_that_cannot_be_imported(tmp_path):
-    """A --safe-global that names nothing importable is a CheckpointError naming it."""
+    """A --safe-global that names nothing importable is a UsageError naming it."""
     path = write_ckpt(tmp_path / "model.ckpt", lightning(v010_state_dict()))
-    with pytest.raises(CheckpointError, match=r"no_such_module_xyz\.Thing"):
+    with pytest.raises(UsageError, match=r"no_such_module_xyz\.Thing"):
         load_checkpoint(path, safe_globals=("no_such_module_xyz.Thing",))
 
 

@@ -19,6 +19,7 @@ from ckpt_path import (
     read_converter_file,
     read_converters,
 )
+from ckpt_path.errors import SettingsError
 from ckpt_path.registry import ENV_VAR
 from conftest import EXAMPLE_CONVERTERS
 
@@ -328,6 +329,24 @@ def test_duplicate_edge_names_both_files(tmp_path, write_converter):
     assert str(second) in str(error)
 
 
+def test_every_duplicate_edge_is_reported_at_once(tmp_path, write_converter):
+    """Two edges each claimed twice are one DuplicateConverterError naming all four files."""
+    directory = tmp_path / "converters"
+    files = [
+        write_converter(directory, "a1", "1.0.0", "1.1.0"),
+        write_converter(directory, "a2", "1.0.0", "1.1.0"),
+        write_converter(directory, "b1", "1.1.0", "1.2.0"),
+        write_converter(directory, "b2", "1.1.0", "1.2.0"),
+    ]
+    with pytest.raises(DuplicateConverterError) as info:
+        _ = Registry.from_directory(directory).graph
+    assert info.value.clashes == (
+        ("1.0.0", "1.1.0", (str(files[0]), str(files[1]))),
+        ("1.1.0", "1.2.0", (str(files[2]), str(files[3]))),
+    )
+    assert all(str(f) in str(info.value) for f in files)
+
+
 def test_reversible_ops_file_registers_the_inverse(tmp_path, write_converter):
     """A reversible ops file adds both source -> target and target -> source."""
     directory = tmp_path / "converters"
@@ -457,14 +476,14 @@ class TestFindConvertersDir:
         ("text", "reason"),
         [
             ("[tool.ckpt-path\n", "not valid TOML"),
-            ("[tool.ckpt-path]\nconverters = 3\n", "converters must be a path string"),
+            ("[tool.ckpt-path]\nconverters = 3\n", "converters: must be a path string"),
         ],
     )
     def test_bad_pyproject(self, tmp_path, monkeypatch, text, reason):
-        """A pyproject.toml that cannot say where converters are is a ConverterFileError naming it."""
+        """A pyproject.toml that cannot say where converters are is a SettingsError naming it."""
         write(tmp_path / "pyproject.toml", text)
         monkeypatch.chdir(tmp_path)
-        with pytest.raises(ConverterFileError, match=reason) as info:
+        with pytest.raises(SettingsError, match=reason) as info:
             find_converters_dir()
         assert info.value.file == str(tmp_path / "pyproject.toml")
 

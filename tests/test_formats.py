@@ -724,14 +724,14 @@ def test_inspect_safetensors_reads_only_the_header(tmp_path):
 
     rise = status("VmHWM") - baseline
     read = bytes_read() - read_before
-    assert (info["format"], info["version"], info["tensors"], info["bytes"]) == (
+    assert (info.format, info.version, info.tensors, info.bytes) == (
         "safetensors",
         SOURCE_VERSION,
         BIG_COUNT,
         BIG_BYTES,
     )
-    assert info["history"] == [EARLIER_STEP]
-    assert info["dtypes"] == {"float32": BIG_COUNT}
+    assert list(info.history) == [EARLIER_STEP]
+    assert info.dtypes == {"float32": BIG_COUNT}
     assert read < BIG_BYTES // 100, f"{read} bytes read"
     assert rise < BIG_BYTES // 10, f"peak memory rose by {rise} bytes"
 

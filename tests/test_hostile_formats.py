@@ -27,7 +27,7 @@ from ckpt_fixtures import digest
 from ckpt_path import formats
 from ckpt_path.checkpoint import load_checkpoint, save_checkpoint
 from ckpt_path.cli import app
-from ckpt_path.converters import read_converters
+from ckpt_path.converter_files import read_converters
 from ckpt_path.errors import (
     CheckpointError,
     ConverterFileError,
@@ -338,7 +338,7 @@ META_SCRIPT = """\
 import sys, torch
 from pathlib import Path
 from ckpt_path.checkpoint import save_checkpoint
-from ckpt_path.errors import CheckpointError
+from ckpt_path.errors import CkptPathError
 out = Path(sys.argv[1])
 cases = {
     "out.safetensors": {"w": torch.ones(2), "ghost": torch.empty(3, device="meta")},
@@ -349,7 +349,7 @@ cases = {
 for name, obj in cases.items():
     try:
         save_checkpoint(obj, out / name)
-    except CheckpointError as exc:
+    except CkptPathError as exc:
         print(name, "refused:", exc)
     else:
         print(name, "written")
@@ -541,11 +541,11 @@ def test_crafted_index_is_one_unreadable_error(tmp_path, case):
 
 SCHEMA_SCRIPT = """\
 import sys
-from ckpt_path.errors import CheckpointError
+from ckpt_path.errors import CkptPathError
 from ckpt_path.shapes import load_schema
 try:
     load_schema(sys.argv[1])
-except CheckpointError as exc:
+except CkptPathError as exc:
     print("refused:", exc)
 """
 

@@ -16,8 +16,10 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
-from ckpt_path import load_checkpoint, read_stamp
+from ckpt_path import Registry, convert_file, load_checkpoint, read_stamp
+from ckpt_path.errors import OptimizerStateError
 from ckpt_path.lightning import CkptPathMixin
+from ckpt_path.stamp import STAMP_KEY
 
 pytestmark = [
     # Lightning's advice for real training runs, not about behaviour under test.
@@ -162,3 +164,161 @@ def test_resume_without_the_mixin_fails(old_checkpoint):
 
     with pytest.raises(RuntimeError, match="Missing key"):
         Plain.load_from_checkpoint(path)
+
+
+# -- optimizer state through a feature reorder -------------------------------------------------
+
+REORDER = '''"""Input feature 3 moved to position 1, output feature 2 to position 0."""
+
+from ckpt_path.ops import MoveIndex
+
+source = "1.0.0"
+target = "2.0.0"
+reversible = True
+ops = [MoveIndex("embed.weight", dim=1, index=3, to=1), MoveIndex("head.{p}", dim=0, index=2, to=0)]
+'''
+IN_ORDER = [0, 3, 1, 2]
+OUT_ORDER = [2, 0, 1]
+FIRST, MORE = 4, 4
+"""Steps trained before the checkpoint (one epoch of 4 batches), then steps resumed."""
+
+
+def _features(layout: str) -> DataLoader:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 4, generator=generator)
+    y = torch.stack([x.sum(dim=1), x[:, 0] * x[:, 1], x[:, 3]], dim=1)
+    if layout == "B":
+        x, y = x[:, IN_ORDER], y[:, OUT_ORDER]
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _reorder_models(converters):
+    class LayoutA(_Base):
+        ckpt_path_version = "1.0.0"
+        ckpt_path_converters = converters
+
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(4, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.embed(x)))
+
+    class LayoutB(LayoutA):
+        ckpt_path_version = "2.0.0"
+
+    class LayoutBReordered(LayoutB):
+        """Layout B, whose code registers the head before the embedding."""
+
+        def __init__(self):
+            lightning.LightningModule.__init__(self)
+            self.head = nn.Linear(8, 3)
+            self.embed = nn.Linear(4, 8)
+
+    return LayoutA, LayoutB, LayoutBReordered
+
+
+def _fit(model, layout: str, steps: int, ckpt_path=None):
+    trainer = _trainer(steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, _features(layout), ckpt_path=ckpt_path)
+    return trainer
+
+
+def _in_layout_b(state_dict):
+    """Return the weights of layout A as layout B holds them (what the converter does)."""
+    moved = {k: v.detach().clone() for k, v in state_dict.items()}
+    moved["embed.weight"] = moved["embed.weight"][:, IN_ORDER]
+    moved["head.weight"] = moved["head.weight"][OUT_ORDER]
+    moved["head.bias"] = moved["head.bias"][OUT_ORDER]
+    return moved
+
+
+def _distance(model, expected) -> float:
+    return max(float((model.state_dict()[k] - v).abs().max()) for k, v in expected.items())
+
+
+@pytest.fixture(scope="module")
+def reordered(tmp_path_factory):
+    """Train layout A for an epoch and save; resume it for MORE steps (the true run); return both."""
+    root = tmp_path_factory.mktemp("reorder")
+    converters = root / "converters"
+    converters.mkdir()
+    (converters / "001_reorder.py").write_text(REORDER)
+    layout_a, layout_b, layout_b_reordered = _reorder_models(converters)
+    torch.manual_seed(0)
+    trainer = _fit(layout_a(), "A", FIRST)
+    path = root / "a.ckpt"
+    trainer.save_checkpoint(path)
+    truth = layout_a()
+    _fit(truth, "A", FIRST + MORE, ckpt_path=path)
+    unnamed = torch.load(path, weights_only=True)
+    unnamed[STAMP_KEY].pop("optimizer_parameters", None)
+    torch.save(unnamed, root / "unnamed.ckpt")
+    return {
+        "path": path,
+        "unnamed": root / "unnamed.ckpt",
+        "converters": converters,
+        "B": layout_b,
+        "B reordered": layout_b_reordered,
+        "truth": _in_layout_b(truth.state_dict()),
+    }
+
+
+def test_saved_checkpoint_records_the_optimizer_parameters(reordered):
+    """The mixin stamps which parameter is behind each index of each optimizer's state."""
+    stamp = read_stamp(torch.load(reordered["path"], weights_only=True), ("state_dict",))
+    assert stamp is not None
+    assert stamp.optimizer_parameters == (("embed.weight", "embed.bias", "head.weight", "head.bias"),)
+
+
+def test_resume_across_a_feature_reorder_trains_as_the_true_run(reordered):
+    """Trainer.fit(ckpt_path=A) in layout B moves Adam's moments with the features: weights match to 1e-6."""
+    model = reordered["B"]()
+    trainer = _fit(model, "B", FIRST + MORE, ckpt_path=reordered["path"])
+    assert trainer.global_step == FIRST + MORE
+    assert _distance(model, reordered["truth"]) < 1e-6
+
+
+def test_resume_from_a_converted_file_trains_as_the_true_run(reordered, tmp_path):
+    """A checkpoint converted by ckpt_path.convert_file resumes in layout B as the true run (1e-6)."""
+    converted = tmp_path / "b.ckpt"
+    convert_file(
+        reordered["path"], converted, target="2.0.0", registry=Registry.from_directory(reordered["converters"])
+    )
+    model = reordered["B"]()
+    _fit(model, "B", FIRST + MORE, ckpt_path=converted)
+    assert _distance(model, reordered["truth"]) < 1e-6
+
+
+def test_parameters_registered_in_a_new_order_resume_on_their_own_state(reordered):
+    """Code that registers its parameters in another order resumes without Adam's shape error, as the true run."""
+    model = reordered["B reordered"]()
+    assert next(iter(dict(model.named_parameters()))) == "head.weight"
+    _fit(model, "B", FIRST + MORE, ckpt_path=reordered["path"])
+    assert _distance(model, reordered["truth"]) < 1e-6
+
+
+def test_resume_without_recorded_names_is_refused(reordered):
+    """Without recorded names, resuming across the reorder is refused (naming the parameters); loading is not."""
+    with pytest.raises(OptimizerStateError, match="--drop-optimizer-state") as raised:
+        _fit(reordered["B"](), "B", FIRST + MORE, ckpt_path=reordered["unnamed"])
+    assert raised.value.parameters == ("embed.weight", "head.bias", "head.weight")
+    model = reordered["B"].load_from_checkpoint(reordered["unnamed"])  # no resume: the state is not needed
+    expected = _in_layout_b(torch.load(reordered["unnamed"], weights_only=True)["state_dict"])
+    assert _distance(model, expected) == 0
+
+
+def test_drop_optimizer_state_resumes_with_fresh_state(reordered, caplog):
+    """ckpt_path_drop_optimizer_state resumes without the state it cannot match, and says so."""
+
+    class Dropping(reordered["B"]):
+        ckpt_path_drop_optimizer_state = True
+
+    model = Dropping()
+    with caplog.at_level("WARNING", logger="ckpt_path"):
+        trainer = _fit(model, "B", FIRST + MORE, ckpt_path=reordered["unnamed"])
+    assert trainer.global_step == FIRST + MORE
+    assert "dropped the optimizer state in optimizer_states[0]" in caplog.text

@@ -658,10 +658,10 @@ def test_no_change_to_sys_modules_outlives_the_load(
 def test_inspect_file_lists_needed_globals_without_converters(v1_ckpt, project):
     """inspect_file describes the checkpoint with placeholders: stamp, tensors, and the globals it needs."""
     info = inspect_file(v1_ckpt)
-    assert info["version"] == "1.0.0"
-    assert info["state_dict"] == "state_dict"
-    assert info["tensors"] == 2
-    assert set(info["globals"]) == OLD_GLOBALS
+    assert info.version == "1.0.0"
+    assert info.state_dict == "state_dict"
+    assert info.tensors == 2
+    assert set(info.globals) == OLD_GLOBALS
     assert "newpkg.conf" not in sys.modules
     assert sorted(p.name for p in project.marks.iterdir()) == []
 

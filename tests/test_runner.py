@@ -499,6 +499,8 @@ def _widen_flat(sd: Any) -> Any:
 def test_non_tensor_content_comes_through_untouched():
     """Epoch, hyper-parameters and optimizer states pass through a step as they were."""
     ckpt = small_ckpt()
+    first = next(iter(ckpt["state_dict"].values()))
+    ckpt["optimizer_states"][0]["state"] = {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones_like(first)}}
     originals = {key: ckpt[key] for key in ("epoch", "global_step", "hyper_parameters", "optimizer_states")}
     expected_hparams = json.loads(json.dumps(ckpt["hyper_parameters"]))
     exp_avg = ckpt["optimizer_states"][0]["state"][0]["exp_avg"].clone()

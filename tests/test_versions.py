@@ -159,6 +159,23 @@ def test_nearest_versions_of_empty_graph():
     assert nearest_versions(Version("1.0"), []) == []
 
 
+def test_version_rows_mark_latest_and_branch_heads():
+    """Rows run newest first; latest is the highest main-line version, LABEL@latest each branch's highest."""
+    from ckpt_path.versions import latest, version_rows
+
+    known = [Version(v) for v in ("1.0.0", "1.1.0", "1.0.0+lam", "1.0.0+lam.2", "2.0.0rc1")]
+    rows = version_rows(known)
+    assert [(str(r.version), r.notes) for r in rows] == [
+        ("2.0.0rc1", ("latest",)),
+        ("1.1.0", ()),
+        ("1.0.0+lam.2", ("branch lam", "lam@latest")),
+        ("1.0.0+lam", ("branch lam",)),
+        ("1.0.0", ()),
+    ]
+    assert latest(known) == Version("2.0.0rc1")
+    assert latest([Version("1.0.0+lam")]) is None
+
+
 def test_nearest_versions_ignores_duplicates():
     """A version listed twice is suggested once."""
     assert nearest_versions(Version("1.0.1"), versions("1.0.0", "1.0", "1.1.0"), 3) == ["1.0.0", "1.1.0"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,14 @@ from typing import Any
 import networkx as nx
 from packaging.version import Version
 
-from ckpt_path.converters import Converter, converter_files, display_path, read_converter_file
+from ckpt_path.converter_files import converter_files, display_path, read_converter_file
+from ckpt_path.converters import Converter
 from ckpt_path.errors import CkptPathError, ConverterFileError, StepError, VersionError
-from ckpt_path.graph import build_graph
+from ckpt_path.graph import split_duplicates
 from ckpt_path.planner import Plan, Step
 from ckpt_path.registry import Registry, find_converters_dir
 from ckpt_path.shapes import Schema
-from ckpt_path.versions import parse_version
+from ckpt_path.versions import latest, parse_version
 
 __all__ = ["Finding", "check_directory", "scaffold_converter"]
 
@@ -84,35 +84,12 @@ def _imports(converters: list[Converter]) -> list[Finding]:
     return findings
 
 
-def _duplicates(converters: list[Converter]) -> tuple[list[Converter], list[Finding]]:
-    """Find edges claimed twice; return the converters to keep (first claim wins) and findings."""
-    by_edge: dict[tuple[Version, Version], list[Converter]] = defaultdict(list)
-    for converter in converters:
-        for edge in [converter, converter.inverted()] if converter.reversible else [converter]:
-            by_edge[edge.edge].append(edge)
-    findings = []
-    for (source, target), edges in sorted(by_edge.items()):
-        if len(edges) > 1:
-            names = " and ".join(e.origin + (" (inverse)" if e.inverse else "") for e in edges)
-            findings.append(
-                Finding(file=edges[-1].origin, message=f"two converters for {source} -> {target}: {names}"),
-            )
-    unique, taken = [], set()
-    for converter in converters:
-        claimed = [converter.edge] + ([converter.inverted().edge] if converter.reversible else [])
-        if not any(e in taken for e in claimed):
-            taken.update(claimed)
-            unique.append(converter)
-    return unique, findings
-
-
 def _reach_latest(registry: Registry) -> list[Finding]:
     graph = registry.graph
-    mainline = [v for v in graph.nodes if v.local is None]
-    if not mainline:
+    top = latest(graph.nodes)
+    if top is None:
         return [Finding(file=str(registry.directory), message="no version without a local label: no latest")]
-    latest = max(mainline)
-    reaching = nx.ancestors(graph, latest) | {latest}
+    reaching = nx.ancestors(graph, top) | {top}
     findings = []
     for version in sorted(set(graph.nodes) - reaching):
         files = sorted(
@@ -120,7 +97,7 @@ def _reach_latest(registry: Registry) -> list[Finding]:
             | {graph.edges[e]["converter"].origin for e in graph.out_edges(version)}
         )
         findings.append(
-            Finding(file=files[0], message=f"version {version} cannot reach latest ({latest})"),
+            Finding(file=files[0], message=f"version {version} cannot reach latest ({top})"),
         )
     return findings
 
@@ -237,13 +214,16 @@ def check_directory(directory: str | Path | None = None) -> list[Finding]:
         return [Finding(file=str(root), message="converters directory not found")]
     converters, findings = _read_all(root)
     findings += _imports(converters)
-    unique, duplicates = _duplicates(converters)
-    findings += duplicates
+    unique, clash = split_duplicates(converters)
+    if clash is not None:
+        findings += [
+            Finding(
+                file=files[-1].removesuffix(" (inverse of reversible)"),
+                message=f"two converters for {s} -> {t}: {' and '.join(files)}",
+            )
+            for s, t, files in clash.clashes
+        ]
     registry = Registry(unique, directory=root)
-    try:
-        build_graph(unique)
-    except CkptPathError as exc:
-        return [*findings, Finding(file=str(root), message=str(exc))]
     findings += _reach_latest(registry)
     try:
         findings += _unverified_versions(registry)
@@ -319,7 +299,7 @@ def scaffold_converter(
     existing, findings = _read_all(root)
     del findings  # a broken neighbour does not stop scaffolding; `check` reports it
     for converter in existing:
-        for edge in [converter, converter.inverted()] if converter.reversible else [converter]:
+        for edge in converter.edges():
             if edge.edge == (src, tgt):
                 raise ConverterFileError(converter.origin, f"already converts {src} -> {tgt}")
     numbers = [int(m.group(1)) for p in root.glob("*.py") if (m := re.match(r"(\d+)_", p.name))]

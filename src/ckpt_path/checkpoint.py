@@ -32,8 +32,10 @@ from ckpt_path.errors import (
     OutputExistsError,
     SaveError,
     StampError,
+    StateDictError,
     UnreadableCheckpointError,
     UnsafeCheckpointError,
+    UsageError,
 )
 from ckpt_path.pickles import Moves
 from ckpt_path.stamp import STAMP_KEY, Stamp, read_stamp, write_stamp
@@ -134,10 +136,10 @@ def find_state_dict(obj: object, override: str | None = None) -> tuple[str, ...]
         try:
             found = get_state_dict(obj, at)
         except (KeyError, TypeError, IndexError, CheckpointError):
-            raise CheckpointError(f"no state dict at {override!r} in this checkpoint") from None
+            raise StateDictError(f"no state dict at {override!r} in this checkpoint") from None
         return _string_keys(found, at)
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"a checkpoint must be a dict, not a {type(obj).__name__}")
+        raise StateDictError(f"a checkpoint must be a dict, not a {type(obj).__name__}")
     tensors = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
     if tensors and len(tensors) >= len([k for k in obj if k != STAMP_KEY]):
         return _string_keys(obj, ())
@@ -148,7 +150,7 @@ def find_state_dict(obj: object, override: str | None = None) -> tuple[str, ...]
     if not obj or tensors:
         return _string_keys(obj, ())
     keys = ", ".join(sorted(map(str, obj))[:10])
-    raise CheckpointError(
+    raise StateDictError(
         f"cannot tell where the state dict is (top-level keys: {keys}); pass --state-dict KEY",
     )
 
@@ -157,7 +159,7 @@ def _string_keys(state_dict: Mapping[Any, Any], at: tuple[str, ...]) -> tuple[st
     odd = [k for k in state_dict if not isinstance(k, str)]
     if odd:
         where = ".".join(at) or "the state dict"
-        raise CheckpointError(
+        raise StateDictError(
             f"{where} has a key that is not a string ({odd[0]!r} of type {type(odd[0]).__name__}); "
             "a state dict maps parameter names to tensors",
         )
@@ -175,7 +177,7 @@ def get_state_dict(obj: Any, at: Sequence[str]) -> MutableMapping[str, Any]:  # 
     for key in at:
         node = node[key]
     if not isinstance(node, MutableMapping):
-        raise CheckpointError(f"{'.'.join(at) or 'the checkpoint'} is a {type(node).__name__}, not a dict")
+        raise StateDictError(f"{'.'.join(at) or 'the checkpoint'} is a {type(node).__name__}, not a dict")
     return node
 
 
@@ -193,13 +195,13 @@ def _user_globals(names: Sequence[str]) -> dict[str, object]:
         try:
             allowed[name] = getattr(import_module(module), attr)
         except (ImportError, AttributeError, ValueError):
-            raise CheckpointError(f"--safe-global {name}: cannot import {attr!r} from {module!r}") from None
+            raise UsageError(f"--safe-global {name}: cannot import {attr!r} from {module!r}") from None
     return allowed
 
 
 def _load_safetensors(path: Path, state_dict_key: str | None) -> Checkpoint:
     if state_dict_key is not None:
-        raise CheckpointError(f"--state-dict does not apply to {path.name}: safetensors hold a flat state dict")
+        raise StateDictError(f"--state-dict does not apply to {path.name}: safetensors hold a flat state dict")
     if formats.is_sharded(path):
         state_dict, metadata, largest = formats.load_sharded(path)
         return Checkpoint(
@@ -356,7 +358,7 @@ def _max_pickle_bytes() -> int:
     try:
         return int(float(text) * 1024 * 1024)
     except ValueError:
-        raise CheckpointError(f"{MAX_PICKLE_ENV}={text!r} is not a number of MiB") from None
+        raise UsageError(f"{MAX_PICKLE_ENV}={text!r} is not a number of MiB") from None
 
 
 def _check_pickle_record(path: Path) -> None:
@@ -484,7 +486,8 @@ def _flat_state_dict(obj: Any, state_dict_path: Sequence[str], path: Path, *, st
     others = sorted(str(k) for k in obj if k not in {state_dict_path[0], STAMP_KEY})
     if others and not state_dict_only:
         shown = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")  # noqa: PLR2004
-        raise CheckpointError(
+        raise SaveError(
+            str(path),
             f"{path.name} would hold only the state dict, but the checkpoint also has {shown}; "
             "pass --state-dict-only to keep only the state dict",
         )

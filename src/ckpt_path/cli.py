@@ -19,10 +19,9 @@ import typer
 from ckpt_path.errors import CkptPathError, UsageError
 
 if TYPE_CHECKING:
-    from packaging.version import Version
     from rich.progress import Progress, TaskID
 
-    from ckpt_path.commands import ConvertResult
+    from ckpt_path.commands import ConvertResult, Inspection
     from ckpt_path.planner import Plan, Step
     from ckpt_path.registry import Registry
     from ckpt_path.runner import StepReport
@@ -228,31 +227,16 @@ def versions(
     as_json: JsonOption = False,
 ) -> None:
     """List every version of the graph, newest first, with branch labels."""
-    from ckpt_path.versions import branch_of
+    from ckpt_path.versions import version_rows
 
     with _user_errors():
-        registry = _registry(converters)
-        known = sorted(registry.versions, reverse=True)
-        latest = max((v for v in known if v.local is None), default=None)
-        branch_heads: dict[str | None, Version] = {}
-        for v in known:
-            branch_heads.setdefault(branch_of(v), v)
-    rows: list[tuple[Version, str | None, list[str]]] = []
-    for v in known:
-        branch = branch_of(v)
-        notes = [f"branch {branch}"] if branch else []
-        if v == latest:
-            notes.append("latest")
-        elif branch and branch_heads[branch] == v:
-            notes.append(f"{branch}@latest")
-        rows.append((v, branch, notes))
+        rows = version_rows(_registry(converters).versions)
     if as_json:
-        objects = [{"version": str(v), "branch": b, "notes": n} for v, b, n in rows]
-        typer.echo(json.dumps(objects, indent=2))
+        typer.echo(json.dumps([row.to_dict() for row in rows], indent=2))
         return
-    width = max((len(str(v)) for v, _, _ in rows), default=0)
-    for v, _, notes in rows:
-        typer.echo(f"{v!s:<{width}}  ({', '.join(notes)})" if notes else str(v))
+    width = max((len(str(row.version)) for row in rows), default=0)
+    for row in rows:
+        typer.echo(f"{row.version!s:<{width}}  ({', '.join(row.notes)})" if row.notes else str(row.version))
 
 
 @app.command()
@@ -474,40 +458,43 @@ def inspect_command(
             safe_globals=tuple(safe_global or ()),
         )
     if as_json:
-        typer.echo(json.dumps(info, indent=2))
+        typer.echo(json.dumps(info.to_dict(), indent=2))
         return
-    where = info["state_dict"] or "top level (flat state dict)"
-    dtypes = ", ".join(f"{k} x{v}" for k, v in info["dtypes"].items()) or "none"
-    version = info["version"]
-    if version is None and info["inferred_version"]:
-        version = f"not stamped; {info['inferred_version']} according to {info['version_from']}"
-        if info.get("reads_as"):
-            version += f" (reads as {info['reads_as']}, the highest version of the graph at or below it)"
-    lines = [
-        f"file:        {info['path']} ({_human_bytes(info['file_bytes'])})",
-        f"format:      {info['format']}",
-        f"version:     {version or _unstamped(info)}",
-        f"state dict:  {where}",
-        f"tensors:     {info['tensors']} ({_human_bytes(info['bytes'])}); {dtypes}",
-    ]
-    if info["keys"]:
-        lines.append(f"top level:   {', '.join(info['keys'])}")
-    if info["globals"]:
-        lines.append(f"needs:       {', '.join(info['globals'])} (not allowed by weights_only loading)")
-    if info["history"]:
-        lines.append("history:")
-        for h in info["history"]:
-            step = f"{h.get('source')} -> {h.get('target')}"
-            lines.append(f"  {h.get('at', '?')}  {step}  {h.get('converter')}  {h.get('digest') or ''}")
-    typer.echo("\n".join(line.rstrip() for line in lines))
-    for warning in info["warnings"]:
+    typer.echo(_describe_inspection(info))
+    for warning in info.warnings:
         typer.echo(f"warning: {warning}", err=True)
 
 
-def _unstamped(info: dict[str, object]) -> str:
-    if info.get("damaged_stamp"):
-        return f"damaged stamp ({info['damaged_stamp']}); replace it with `ckpt-path stamp` or pass --from"
-    return "not stamped (use `ckpt-path stamp` or --from)"
+def _describe_inspection(info: Inspection) -> str:
+    where = info.state_dict or "top level (flat state dict)"
+    dtypes = ", ".join(f"{k} x{v}" for k, v in info.dtypes.items()) or "none"
+    if info.version is not None:
+        version = info.version
+    elif info.inferred_version:
+        version = f"not stamped; {info.inferred_version} according to {info.version_from}"
+        if info.reads_as:
+            version += f" (reads as {info.reads_as}, the highest version of the graph at or below it)"
+    elif info.damaged_stamp:
+        version = f"damaged stamp ({info.damaged_stamp}); replace it with `ckpt-path stamp` or pass --from"
+    else:
+        version = "not stamped (use `ckpt-path stamp` or --from)"
+    lines = [
+        f"file:        {info.path} ({_human_bytes(info.file_bytes)})",
+        f"format:      {info.format}",
+        f"version:     {version}",
+        f"state dict:  {where}",
+        f"tensors:     {info.tensors} ({_human_bytes(info.bytes)}); {dtypes}",
+    ]
+    if info.keys:
+        lines.append(f"top level:   {', '.join(info.keys)}")
+    if info.globals:
+        lines.append(f"needs:       {', '.join(info.globals)} (not allowed by weights_only loading)")
+    if info.history:
+        lines.append("history:")
+        for h in info.history:
+            step = f"{h.get('source')} -> {h.get('target')}"
+            lines.append(f"  {h.get('at', '?')}  {step}  {h.get('converter')}  {h.get('digest') or ''}")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _human_bytes(n: int) -> str:

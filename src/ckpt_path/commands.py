@@ -16,10 +16,11 @@ from typing import Any
 
 from ckpt_path.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, verify_records
 from ckpt_path.errors import (
-    CheckpointError,
     CkptPathError,
+    InputOverwriteError,
     NoStampError,
     OutputExistsError,
+    SaveError,
     UnsafeCheckpointError,
     UsageError,
     VersionInferenceError,
@@ -37,6 +38,7 @@ from ckpt_path.versions import parse_version
 
 __all__ = [
     "ConvertResult",
+    "Inspection",
     "capture_schema",
     "convert_file",
     "inspect_file",
@@ -87,11 +89,11 @@ def _check_output(input_path: Path, output: Path | None, *, force: bool) -> Path
     if output is None:
         raise UsageError("convert needs an output path (-o OUTPUT), or --dry-run")
     if output.is_dir():
-        raise CheckpointError(f"cannot write {output}: it is a directory")
+        raise SaveError(str(output), "it is a directory")
     if output.exists() and not force:
         raise OutputExistsError(str(output))
     if input_path.exists() and output.exists() and output.samefile(input_path):
-        raise CheckpointError(f"{output} is the input; write the result to another path")
+        raise InputOverwriteError(str(output), str(input_path), "replace")
     return output
 
 
@@ -260,19 +262,85 @@ def plan_file(
     return plan, found, predict(plan, signature(checkpoint.state_dict), registry.schema)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inspection:
+    """What ``inspect`` tells about a checkpoint, read without tensor data."""
+
+    path: str
+    format: str
+    version: str | None
+    """The stamped version; None without a (trustworthy) stamp."""
+    history: tuple[dict[str, Any], ...]
+    state_dict: str
+    """Where the state dict lies, dotted; empty for a flat state dict."""
+    tensors: int
+    bytes: int
+    file_bytes: int
+    dtypes: dict[str, int]
+    keys: tuple[str, ...]
+    """Top-level keys of a dict checkpoint."""
+    globals: tuple[str, ...]
+    """Globals the pickle needs that weights-only loading does not allow (never imported)."""
+    inferred_version: str | None = None
+    version_from: str | None = None
+    reads_as: str | None = None
+    """The version of the graph an inferred version that is not in the graph reads as."""
+    damaged_stamp: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the inspection as ``inspect --json`` prints it."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "version": self.version,
+            "history": [dict(h) for h in self.history],
+            "state_dict": self.state_dict,
+            "tensors": self.tensors,
+            "bytes": self.bytes,
+            "file_bytes": self.file_bytes,
+            "dtypes": dict(self.dtypes),
+            "keys": list(self.keys),
+            "globals": list(self.globals),
+            "inferred_version": self.inferred_version,
+            "version_from": self.version_from,
+            "reads_as": self.reads_as,
+            "damaged_stamp": self.damaged_stamp,
+            "warnings": list(self.warnings),
+        }
+
+
+def _version_of_unstamped(checkpoint: Checkpoint, registry: Registry) -> tuple[dict[str, str], list[str]]:
+    """Find an unstamped checkpoint's version as ``convert`` would, else from the schemas; never fail."""
+    try:
+        found = source_version(checkpoint, registry)
+        node, requested = registry.planner.resolve_source(found.version)
+    except NoStampError:
+        try:
+            return {"inferred_version": str(infer_version(checkpoint, registry)), "version_from": "schemas"}, []
+        except VersionInferenceError as exc:
+            return {}, [str(exc)]
+    except CkptPathError as exc:  # a recorded version that cannot be used: describe anyway
+        return {}, [str(exc)]
+    said = {"inferred_version": str(found.version), "version_from": found.version_from}
+    if requested is not None:
+        said["reads_as"] = str(node)
+    return said, []
+
+
 def inspect_file(
     path: str | Path,
     *,
     registry: Registry | None = None,
     state_dict_key: str | None = None,
     safe_globals: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> Inspection:
     """Describe a checkpoint without reading tensor data: format, stamp, tensors, bytes.
 
     A pickle with globals that weights-only loading refuses is described with inert
     placeholders for them (nothing is imported) and lists them under ``globals``. With a
-    ``registry``, an unstamped checkpoint's version is inferred from the schemas where one
-    matches (``inferred_version``), and edited converters are reported (``warnings``).
+    ``registry``, an unstamped checkpoint's version is found as ``convert`` finds it, else
+    inferred from the schemas (``inferred_version``), and edited converters are reported.
     """
     moves: Moves | None = registry.dict_globals if registry is not None else None
     needs: list[str] = []
@@ -283,44 +351,33 @@ def inspect_file(
     except UnsafeCheckpointError as exc:
         needs = list(exc.globals_needed)
         checkpoint = _peek(path, state_dict_key, safe_globals)
-    stamp = checkpoint.stamp
-    damaged = [str(checkpoint.damaged_stamp)] if checkpoint.damaged_stamp is not None else []
-    sig = signature(checkpoint.state_dict)
-    nbytes = sum(int(v.numel()) * int(v.element_size()) for v in checkpoint.state_dict.values() if hasattr(v, "numel"))
-    top_keys = sorted(str(k) for k in checkpoint.obj) if checkpoint.state_dict_at else []
-    info: dict[str, Any] = {
-        "path": checkpoint.name,
-        "format": checkpoint.format,
-        "version": stamp.version if stamp else None,
-        "history": list(stamp.history) if stamp else [],
-        "state_dict": ".".join(checkpoint.state_dict_at),
-        "tensors": len(sig),
-        "bytes": nbytes,
-        "file_bytes": sum(f.stat().st_size for f in checkpoint.files),
-        "dtypes": dict(sorted(Counter(spec.dtype for spec in sig.values()).items())),
-        "keys": top_keys,
-        "globals": sorted(set(needs) | set(checkpoint.placeholders)),
-        "inferred_version": None,
-        "damaged_stamp": checkpoint.damaged_stamp.problem if checkpoint.damaged_stamp is not None else None,
-        "warnings": damaged,
-    }
+    stamp, damaged = checkpoint.stamp, checkpoint.damaged_stamp
+    warnings = [str(damaged)] if damaged is not None else []
+    found: dict[str, str] = {}
     if registry is not None:
-        info["warnings"] += digest_mismatches(stamp, registry)
-        if stamp is None and not damaged:
-            try:
-                found = source_version(checkpoint, registry)
-                info["inferred_version"], info["version_from"] = str(found.version), found.version_from
-                node, requested = registry.planner.resolve_source(found.version)
-                if requested is not None:
-                    info["reads_as"] = str(node)
-            except NoStampError:
-                try:
-                    info["inferred_version"], info["version_from"] = str(infer_version(checkpoint, registry)), "schemas"
-                except VersionInferenceError as exc:
-                    info["warnings"].append(str(exc))
-            except CkptPathError as exc:  # a recorded version that cannot be used: describe anyway
-                info["warnings"].append(str(exc))
-    return info
+        warnings += digest_mismatches(stamp, registry)
+        if stamp is None and damaged is None:
+            found, problems = _version_of_unstamped(checkpoint, registry)
+            warnings += problems
+    sig = signature(checkpoint.state_dict)
+    return Inspection(
+        path=checkpoint.name,
+        format=checkpoint.format,
+        version=stamp.version if stamp else None,
+        history=stamp.history if stamp else (),
+        state_dict=".".join(checkpoint.state_dict_at),
+        tensors=len(sig),
+        bytes=sum(
+            int(v.numel()) * int(v.element_size()) for v in checkpoint.state_dict.values() if hasattr(v, "numel")
+        ),
+        file_bytes=sum(f.stat().st_size for f in checkpoint.files),
+        dtypes=dict(sorted(Counter(spec.dtype for spec in sig.values()).items())),
+        keys=tuple(sorted(str(k) for k in checkpoint.obj)) if checkpoint.state_dict_at else (),
+        globals=tuple(sorted(set(needs) | set(checkpoint.placeholders))),
+        damaged_stamp=damaged.problem if damaged is not None else None,
+        warnings=tuple(warnings),
+        **found,
+    )
 
 
 def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`

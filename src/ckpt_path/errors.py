@@ -7,6 +7,9 @@ its traceback.
     CkptPathError
     ├── VersionError                 a string that is not a PEP 440 version, or a bad target
     ├── ConverterFileError           a converter file that cannot be read (file and line)
+    ├── SettingsError                a [tool.ckpt-path] table that cannot be used (file, key)
+    ├── SchemaError                  a schema file that cannot be read (file, key)
+    ├── OpError                      an op whose arguments do not fit (also a ValueError)
     ├── GraphError
     │   ├── DuplicateConverterError  two converters for one source -> target pair
     │   ├── UnknownVersionError      a version no converter mentions
@@ -19,6 +22,7 @@ its traceback.
     │   ├── NoStampError               no version stamped and none given
     │   ├── MovedGlobalError           a declared move that names nothing usable
     │   ├── StampError                 a stamp that is damaged (what is wrong is said)
+    │   ├── StateDictError             no state dict where one must be, or one that is not a mapping of names
     │   ├── VersionInferenceError      no schema, or several, match an unstamped state dict
     │   ├── OutputExistsError          OUTPUT exists and --force was not given
     │   └── SaveError                  OUTPUT cannot be written there (InputOverwriteError: it would
@@ -35,10 +39,6 @@ Errors keep their data as attributes so callers can act on it without parsing me
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ckpt_path.planner import Plan
 
 __all__ = [
     "CheckpointError",
@@ -51,11 +51,15 @@ __all__ = [
     "MovedGlobalError",
     "NoPathError",
     "NoStampError",
+    "OpError",
     "OptimizerStateError",
     "OutputExistsError",
     "SaveError",
+    "SchemaError",
+    "SettingsError",
     "ShapeMismatchError",
     "StampError",
+    "StateDictError",
     "StepError",
     "UnknownVersionError",
     "UnreadableCheckpointError",
@@ -103,20 +107,48 @@ class ConverterFileError(CkptPathError):
         super().__init__(f"{where}: {message}")
 
 
+class SettingsError(CkptPathError):
+    """A ``[tool.ckpt-path]`` table that cannot be used: ``file``, the ``key`` at fault, and why."""
+
+    def __init__(self, file: str, key: str | None, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        where = f"[tool.ckpt-path] {key}" if key else "[tool.ckpt-path]"
+        super().__init__(f"{file}: {where}: {reason}")
+
+
+class SchemaError(CkptPathError):
+    """A schema file that cannot be read: ``file``, the ``key`` at fault if one is, and why."""
+
+    def __init__(self, file: str, reason: str, key: str | None = None) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"schema {where}: {reason}")
+
+
+class OpError(CkptPathError, ValueError):
+    """An op whose arguments do not fit the state dict (the runner names the step around it)."""
+
+
 class GraphError(CkptPathError):
     """A problem with the version graph as a whole."""
 
 
 class DuplicateConverterError(GraphError):
-    """Two converters claim the same source -> target edge."""
+    """Converters that claim the same source -> target edge; every such edge is reported at once.
 
-    def __init__(self, source: str, target: str, files: Sequence[str]) -> None:
-        self.source = source
-        self.target = target
-        self.files = tuple(files)
-        super().__init__(
-            f"two converters for {source} -> {target}: {' and '.join(self.files)}; keep one of them",
-        )
+    ``clashes`` holds one ``(source, target, files)`` per edge claimed twice or more;
+    ``source``, ``target`` and ``files`` are the first clash's.
+    """
+
+    def __init__(self, clashes: Sequence[tuple[str, str, Sequence[str]]]) -> None:
+        self.clashes = tuple((s, t, tuple(f)) for s, t, f in clashes)
+        self.source, self.target, self.files = self.clashes[0]
+        said = "; ".join(f"two converters for {s} -> {t}: {' and '.join(f)}" for s, t, f in self.clashes)
+        super().__init__(f"{said}; keep one of each")
 
 
 class UnknownVersionError(GraphError):
@@ -155,14 +187,15 @@ class NoPathError(GraphError):
 
 
 class LossyPathError(GraphError):
-    """The only paths to the target throw information away."""
+    """The only paths to the target throw information away; ``lossy_steps`` are their ``(source, target)``."""
 
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        lossy = ", ".join(f"{s.source} -> {s.target}" for s in plan.steps if s.lossy)
+    def __init__(self, source: str, target: str, lossy_steps: Sequence[tuple[str, str]]) -> None:
+        self.source = source
+        self.target = target
+        self.lossy_steps = tuple(lossy_steps)
+        lossy = ", ".join(f"{s} -> {t}" for s, t in self.lossy_steps)
         super().__init__(
-            f"every path from {plan.source} to {plan.target} has a lossy step ({lossy}); "
-            "pass --allow-lossy to accept it",
+            f"every path from {source} to {target} has a lossy step ({lossy}); pass --allow-lossy to accept it",
         )
 
 
@@ -223,6 +256,10 @@ class NoStampError(CheckpointError):
             fix or f"pass --from VERSION (or --from auto), or stamp it once with `ckpt-path stamp {path} VERSION`"
         )
         super().__init__(f"{path} has no ckpt-path stamp and its version cannot be told: {self.fix}")
+
+
+class StateDictError(CheckpointError):
+    """No state dict where one must be, or one that is not a mapping of names to tensors."""
 
 
 class StampError(CheckpointError):

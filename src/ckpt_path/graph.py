@@ -9,31 +9,48 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import networkx as nx
+from packaging.version import Version
 
 from ckpt_path.converters import Converter
 from ckpt_path.errors import DuplicateConverterError
 from ckpt_path.versions import branch_of
 
-__all__ = ["build_graph", "render_graph"]
+__all__ = ["build_graph", "render_graph", "split_duplicates"]
+
+
+def split_duplicates(converters: Iterable[Converter]) -> tuple[list[Converter], DuplicateConverterError | None]:
+    """Keep the first converter that claims each edge; return those and the error naming every clash.
+
+    A converter from a ``reversible`` file claims its inverse edge as well; it is kept only
+    when neither of its edges was claimed before.
+    """
+    kept: list[Converter] = []
+    claimed: dict[tuple[Version, Version], Converter] = {}
+    clashes: dict[tuple[Version, Version], list[str]] = {}
+    for converter in converters:
+        edges = converter.edges()
+        taken = [e for e in edges if e.edge in claimed]
+        for edge in taken:
+            clashes.setdefault(edge.edge, [_label(claimed[edge.edge])]).append(_label(edge))
+        if not taken:
+            kept.append(converter)
+            claimed.update((e.edge, e) for e in edges)
+    if not clashes:
+        return kept, None
+    return kept, DuplicateConverterError([(str(s), str(t), files) for (s, t), files in sorted(clashes.items())])
 
 
 def build_graph(converters: Iterable[Converter]) -> nx.DiGraph:
-    """Build the version graph; two converters for one edge raise :class:`DuplicateConverterError`.
+    """Build the version graph; edges claimed twice raise one :class:`DuplicateConverterError` naming them all.
 
     A converter from a ``reversible`` file adds its inverse edge as well.
     """
+    kept, clash = split_duplicates(converters)
+    if clash is not None:
+        raise clash
     graph: nx.DiGraph = nx.DiGraph()
-    for converter in converters:
-        edges = [converter, converter.inverted()] if converter.reversible else [converter]
-        for edge in edges:
-            existing = graph.get_edge_data(edge.source, edge.target)
-            if existing is not None:
-                other: Converter = existing["converter"]
-                raise DuplicateConverterError(
-                    str(edge.source),
-                    str(edge.target),
-                    [_label(other), _label(edge)],
-                )
+    for converter in kept:
+        for edge in converter.edges():
             graph.add_edge(edge.source, edge.target, converter=edge)
     return graph
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar
 
+from ckpt_path.errors import OpError
 from ckpt_path.shapes import TensorSpec
 
 __all__ = [
@@ -61,10 +62,6 @@ _WIDENS = {
     ("bool", "int32"),
     ("bool", "int64"),
 }
-
-
-class OpError(ValueError):
-    """An op whose arguments do not fit the state dict (wrapped into a StepError by the runner)."""
 
 
 @cache
@@ -209,16 +206,16 @@ class Rename(Op):
             seen[new] = old
         return mapping
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         mapping = self._mapping(list(sig))
         return {mapping.get(k, k): v for k, v in sig.items()}
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         mapping = self._mapping(list(state_dict))
         moved = {new: state_dict.pop(old) for old, new in mapping.items()}
         state_dict.update(moved)
 
-    def inverse(self) -> Op:  # noqa: D102
+    def inverse(self) -> Op:
         return Rename(self.target, self.source)
 
 
@@ -239,12 +236,12 @@ class MoveIndex(Op):
                 raise OpError(f"{key}: {name}={value} is out of range for dim {self.dim} of size {size}")
         return dim
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         for key, _ in _require(self.key, list(sig)):
             self._check(key, sig[key])
         return dict(sig)
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         import torch
 
         self.predict(_signature(state_dict))  # every key checked before any changes
@@ -255,7 +252,7 @@ class MoveIndex(Op):
             order.insert(self.to, order.pop(self.index))
             state_dict[key] = tensor.index_select(dim, torch.tensor(order, device=tensor.device))
 
-    def inverse(self) -> Op:  # noqa: D102
+    def inverse(self) -> Op:
         return MoveIndex(self.key, dim=self.dim, index=self.to, to=self.index)
 
 
@@ -271,7 +268,7 @@ class Permute(Op):
         if sorted(self.dims) != list(range(len(self.dims))):
             raise OpError(f"Permute dims must be a permutation of 0..{len(self.dims) - 1}, got {self.dims}")
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         out = dict(sig)
         for key, _ in _require(self.key, list(sig)):
             spec = sig[key]
@@ -281,12 +278,12 @@ class Permute(Op):
             out[key] = TensorSpec(tuple(spec.shape[d] for d in self.dims), spec.dtype)
         return out
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         self.predict(_signature(state_dict))
         for key, _ in _require(self.key, list(state_dict)):
             state_dict[key] = state_dict[key].permute(*self.dims).contiguous()
 
-    def inverse(self) -> Op:  # noqa: D102
+    def inverse(self) -> Op:
         inverse = [0] * len(self.dims)
         for position, d in enumerate(self.dims):
             inverse[d] = position
@@ -330,19 +327,19 @@ class Reshape(Op):
             raise OpError(f"{key}: cannot reshape {list(spec.shape)} ({numel} elements) to {list(self.shape)}")
         return shape
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         out = dict(sig)
         for key, _ in _require(self.key, list(sig)):
             out[key] = TensorSpec(self._new_shape(key, sig[key]), sig[key].dtype)
         return out
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         self.predict(_signature(state_dict))
         for key, _ in _require(self.key, list(state_dict)):
             tensor = state_dict[key]
             state_dict[key] = tensor.reshape(self._new_shape(key, _spec(tensor)))
 
-    def inverse(self) -> Op | None:  # noqa: D102
+    def inverse(self) -> Op | None:
         if self.source_shape is None:
             return None
         return Reshape(self.key, self.source_shape, source_shape=None)
@@ -425,7 +422,7 @@ class Concat(Op):
         shape[dim] = total
         return TensorSpec(tuple(shape), first.dtype)
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         out = dict(sig)
         for parts, into in self._groups(list(sig)):
             result = self._result(parts, [sig[p] for p in parts])
@@ -434,7 +431,7 @@ class Concat(Op):
             out[into] = result
         return out
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         import torch
 
         self.predict(_signature(state_dict))
@@ -442,7 +439,7 @@ class Concat(Op):
             tensors = [state_dict.pop(p) for p in parts]
             state_dict[into] = torch.cat(tensors, dim=self.dim)
 
-    def inverse(self) -> Op:  # noqa: D102
+    def inverse(self) -> Op:
         return Split(self.into, into=self.keys, dim=self.dim, sizes=self.sizes)
 
 
@@ -486,7 +483,7 @@ class Split(Op):
         dim = _dim(self.dim, len(spec.shape), key)
         return dim, _split_sizes(key, spec.shape[dim], len(self.into), self.sizes)
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         out = dict(sig)
         for key, parts in self._groups(list(sig)):
             spec = out.pop(key)
@@ -497,7 +494,7 @@ class Split(Op):
                 out[part] = TensorSpec(tuple(shape), spec.dtype)
         return out
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         self.predict(_signature(state_dict))
         for key, parts in self._groups(list(state_dict)):
             tensor = state_dict.pop(key)
@@ -506,7 +503,7 @@ class Split(Op):
             for part, piece in zip(parts, tensor.split(list(sizes), dim=dim), strict=True):
                 state_dict[part] = piece.clone()
 
-    def inverse(self) -> Op:  # noqa: D102
+    def inverse(self) -> Op:
         return Concat(self.into, into=self.key, dim=self.dim, sizes=self.sizes)
 
 
@@ -517,11 +514,11 @@ class Drop(Op):
     pattern: str
     lossy: ClassVar[bool] = True
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         gone = {k for k, _ in _require(self.pattern, list(sig))}
         return {k: v for k, v in sig.items() if k not in gone}
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         for key, _ in _require(self.pattern, list(state_dict)):
             del state_dict[key]
 
@@ -543,19 +540,19 @@ class Add(Op):
             raise OpError(f"Add takes one plain key, not a template: {self.key!r}")
         object.__setattr__(self, "dtype", _dtype_name(self.dtype, "Add"))
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         if self.key in sig:
             raise OpError(f"Add {self.key}: the key already exists")
         return {**sig, self.key: TensorSpec(self.shape, self.dtype)}
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         import torch
 
         if self.key in state_dict:
             raise OpError(f"Add {self.key}: the key already exists")
         state_dict[self.key] = torch.full(self.shape, self.fill, dtype=_torch_dtype(self.dtype, "Add"))
 
-    def inverse(self) -> Op:  # noqa: D102
+    def inverse(self) -> Op:
         return Drop(self.key)
 
 
@@ -576,12 +573,12 @@ class Cast(Op):
         if self.source_dtype is not None:
             object.__setattr__(self, "source_dtype", _dtype_name(self.source_dtype, "Cast"))
 
-    def is_lossy(self) -> bool:  # noqa: D102
+    def is_lossy(self) -> bool:
         return self.source_dtype is None or (
             self.source_dtype != self.dtype and (self.source_dtype, self.dtype) not in _WIDENS
         )
 
-    def predict(self, sig: Signature) -> Signature:  # noqa: D102
+    def predict(self, sig: Signature) -> Signature:
         out = dict(sig)
         for key, _ in _require(self.pattern, list(sig)):
             if self.source_dtype is not None and sig[key].dtype != self.source_dtype:
@@ -589,13 +586,13 @@ class Cast(Op):
             out[key] = TensorSpec(sig[key].shape, self.dtype)
         return out
 
-    def apply(self, state_dict: MutableMapping[str, Any]) -> None:  # noqa: D102
+    def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         target = _torch_dtype(self.dtype, "Cast")
         self.predict(_signature(state_dict))
         for key, _ in _require(self.pattern, list(state_dict)):
             state_dict[key] = state_dict[key].to(target)
 
-    def inverse(self) -> Op | None:  # noqa: D102
+    def inverse(self) -> Op | None:
         if self.source_dtype is None:
             return None
         return Cast(self.pattern, self.source_dtype, source_dtype=self.dtype)

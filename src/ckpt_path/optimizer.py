@@ -36,13 +36,14 @@ Then, per optimizer:
   as it is (the Lightning mixin also reorders it by name for one that does not);
 - parameters changed by a ``convert`` function, whose effect on values cannot be known, with
   state: refused (:class:`OptimizerStateFollowError`) unless ``drop``, which drops the state of
-  those parameters only;
+  those parameters only; unless the function rewrote that optimizer state itself (told by a
+  :func:`snapshot` taken before the step), which is then the converter's to keep right;
 - parameters changed and the names are not known: refused (:class:`OptimizerStateError`)
   unless ``drop``, which drops that optimizer's per-parameter state and keeps its param groups'
   hyper-parameters.
 
 An optimizer without per-parameter state has nothing to misalign and is left as it is. This
-module imports torch only inside functions (the runner, which plans, imports it).
+module imports torch only inside the function that moves state.
 """
 
 from __future__ import annotations
@@ -51,14 +52,23 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.errors import OptimizerStateError, StepError
 from ckpt_path.ops import Add, Cast, Concat, Drop, MoveIndex, Op, Permute, Rename, Reshape, Split
-from ckpt_path.planner import Step
 
-__all__ = ["OptimizerStateFollowError", "align", "follow_step", "parameter_names", "record_parameters"]
+if TYPE_CHECKING:  # the checkpoint module imports torch; this one does so only when state moves
+    from ckpt_path.checkpoint import Checkpoint
+    from ckpt_path.planner import Step
+
+__all__ = [
+    "OptimizerStateFollowError",
+    "align",
+    "follow_step",
+    "parameter_names",
+    "record_parameters",
+    "snapshot",
+]
 
 LIST_PLACE = "optimizer_states"
 """Lightning's list of optimizer state dicts."""
@@ -393,10 +403,10 @@ def _by_identity(held: _Held, names: list[str], context: _Context) -> _Plan | No
         raise context.fail(
             stateful,
             held.where,
-            f"it changes {_listing(stateful)} in a convert function, so their optimizer state in {held.where} "
-            "cannot follow (what the function did to their values is unknown); write the step as ops, which the "
-            "state follows, or pass --drop-optimizer-state to drop the state of those parameters (lossy: they "
-            "resume with fresh optimizer state)",
+            f"its convert function changes {_listing(stateful)}, whose optimizer state in {held.where} cannot "
+            "follow (what the function did to the values is unknown); write the step as ops, which the state "
+            "follows, or pass --drop-optimizer-state to drop the state of those parameters (lossy: they resume "
+            "with fresh optimizer state)",
         )
     note = (
         f"dropped the optimizer state of {_listing(stateful)} in {held.where} (lossy: they resume with fresh "
@@ -584,15 +594,65 @@ def _resize_last_group(held: _Held, delta: int) -> None:
 # -- the entry point ----------------------------------------------------------------------------
 
 
-def follow_step(checkpoint: Checkpoint, step: Step, before: Mapping[str, Any], *, drop: bool) -> str | None:
+def snapshot(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Return what each optimizer state dict of ``checkpoint`` holds (the objects), before a step.
+
+    Handed back to :func:`follow_step` as ``optimizer_before``, it tells an optimizer state that
+    the step's own code rewrote (a converter that fixes ``optimizer_states`` itself, as it had
+    to before this module existed) from one it left as it was. Holds references, copies nothing.
+    """
+    return {held.where: _contents(held.state_dict) for held in _held(checkpoint.obj, checkpoint.state_dict_at)}
+
+
+def _contents(optimizer_state: Mapping[str, Any]) -> tuple[Any, ...]:
+    state = optimizer_state["state"]
+    entries = tuple(
+        (key, entry, tuple(entry.items()) if isinstance(entry, Mapping) else ()) for key, entry in state.items()
+    )
+    groups = tuple((group, tuple(group["params"])) for group in optimizer_state["param_groups"])
+    return (state, entries, groups)
+
+
+def _rewritten(held: _Held, optimizer_before: Mapping[str, Any] | None) -> bool:
+    """Whether the step's code changed this optimizer state itself (compared by identity)."""
+    if optimizer_before is None:
+        return False
+    old = optimizer_before.get(held.where)
+    return old is None or not _same(old, _contents(held.state_dict))  # None: the step made it
+
+
+def _same(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+    if old[0] is not new[0] or len(old[1]) != len(new[1]) or len(old[2]) != len(new[2]):
+        return False
+    if any(g is not h or p != q for (g, p), (h, q) in zip(old[2], new[2], strict=True)):
+        return False
+    for (key, entry, items), (new_key, new_entry, new_items) in zip(old[1], new[1], strict=True):
+        if key != new_key or entry is not new_entry or len(items) != len(new_items):
+            return False
+        if any(f != g or v is not w for (f, v), (g, w) in zip(items, new_items, strict=True)):
+            return False
+    return True
+
+
+def follow_step(
+    checkpoint: Checkpoint,
+    step: Step,
+    before: Mapping[str, Any],
+    *,
+    drop: bool,
+    optimizer_before: Mapping[str, Any] | None = None,
+) -> str | None:
     """Bring the checkpoint's optimizer state in line with what ``step`` did to the parameters.
 
     ``before`` maps each state-dict key to its tensor as it was before the step (the same
-    objects). Returns a note for the user when state was dropped (``drop``), else None. Raises
-    :class:`OptimizerStateError` where the state cannot follow and ``drop`` is false; nothing
-    is changed then.
+    objects). ``optimizer_before`` is the :func:`snapshot` taken before the step, when there is
+    one: an optimizer state the step's code changed itself is the converter's to keep right and
+    is left as the step left it. Returns a note for the user when state was dropped (``drop``),
+    else None. Raises :class:`OptimizerStateError` where the state cannot follow and ``drop`` is
+    false; nothing is changed then.
     """
-    held = _held(checkpoint.obj, checkpoint.state_dict_at)
+    every = _held(checkpoint.obj, checkpoint.state_dict_at)
+    held = [one for one in every if not _rewritten(one, optimizer_before)]
     if not held:
         return None
     after = checkpoint.state_dict
@@ -606,7 +666,7 @@ def follow_step(checkpoint: Checkpoint, step: Step, before: Mapping[str, Any], *
     context = _Context(step, before, after, diff, trace, drop)
     stamp = checkpoint.stamp
     recorded = stamp.optimizer_parameters if stamp is not None else None
-    if recorded is not None and len(recorded) != max(h.position for h in held) + 1:
+    if recorded is not None and len(recorded) != max(h.position for h in every) + 1:
         recorded = None  # recorded for other optimizers than the checkpoint holds: not trusted
     plans = [plan for one in held if (plan := _plan(one, recorded, context)) is not None]
     if context.refused:

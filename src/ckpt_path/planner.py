@@ -248,7 +248,7 @@ class Planner:
             requested_source=requested,
         )
         if plan.lossy and not allow_lossy:
-            raise LossyPathError(plan)
+            raise LossyPathError(str(src), str(tgt), [(str(s.source), str(s.target)) for s in plan.steps if s.lossy])
         return plan
 
     def _search(self, s: int, t: int) -> list[Converter] | None:

@@ -19,7 +19,6 @@ from packaging.version import Version
 
 from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.errors import (
-    CheckpointError,
     NoStampError,
     UnsupportedVersionError,
     VersionError,
@@ -109,7 +108,7 @@ def source_version(
         try:
             found = SourceVersion(version=parse_version(recorded[:200]), version_from=key)
         except VersionError as exc:
-            raise CheckpointError(f"{checkpoint.name}: {key} holds {recorded[:80]!r}, not a version") from exc
+            raise VersionError(recorded[:80], f"{checkpoint.name}: {key} holds it, and it is not a version") from exc
     elif unstamped is not None:
         found = _given(unstamped, checkpoint, registry, "unstamped")
     else:

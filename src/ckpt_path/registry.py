@@ -12,8 +12,9 @@ from typing import Any
 import networkx as nx
 from packaging.version import Version
 
-from ckpt_path.converters import Converter, ConvertFn, WhenFn, read_converters
-from ckpt_path.errors import ConverterFileError, VersionError
+from ckpt_path.converter_files import read_converters
+from ckpt_path.converters import Converter, ConvertFn, WhenFn
+from ckpt_path.errors import SettingsError, VersionError
 from ckpt_path.graph import build_graph
 from ckpt_path.pickles import Moves
 from ckpt_path.planner import Plan, Planner
@@ -54,17 +55,17 @@ def read_settings(cwd: Path | None = None) -> Settings:
     try:
         config = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConverterFileError(str(pyproject), f"not valid TOML: {exc}") from None
+        raise SettingsError(str(pyproject), None, f"not valid TOML: {exc}") from None
     table = config.get("tool", {}).get("ckpt-path", {})
     kinds = {"converters": "a path string", "version-key": "a dotted key string", "oldest": "a version string"}
     for key, what in {**kinds, "last-release": "a string"}.items():
         if key in table and not isinstance(table[key], str):
-            raise ConverterFileError(str(pyproject), f"[tool.ckpt-path] {key} must be {what}")
+            raise SettingsError(str(pyproject), key, f"must be {what}")
     oldest = table.get("oldest")
     try:
         oldest_version = parse_version(oldest) if oldest is not None else None
     except VersionError as exc:
-        raise ConverterFileError(str(pyproject), f"[tool.ckpt-path] oldest: {exc}") from None
+        raise SettingsError(str(pyproject), "oldest", str(exc)) from None
     return Settings(
         converters=here / table["converters"] if "converters" in table else None,
         version_key=table.get("version-key"),

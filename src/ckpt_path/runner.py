@@ -15,6 +15,7 @@ data) with the one before. What a step is checked against decides what it is:
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -219,6 +220,8 @@ def run_plan(  # noqa: PLR0913 - each option is a documented knob of a run
         )
     if stamp.version != str(plan.target):
         stamp = Stamp(version=str(plan.target), history=stamp.history, optimizer_parameters=stamp.optimizer_parameters)
+    if checkpoint.stamp is not None:  # optimizer.follow_step keeps the parameter names current there
+        stamp = dataclasses.replace(stamp, optimizer_parameters=checkpoint.stamp.optimizer_parameters)
     checkpoint.restamp(stamp)
     return reports, warnings
 
@@ -248,6 +251,7 @@ def _run_step(  # noqa: PLR0913 - a step, where it runs, and the run's options
     tensors = dict(checkpoint.state_dict)  # the objects themselves: what each key held before the step
     before = signature(tensors)
     when = _guard(converter)
+    state_before = optimizer.snapshot(checkpoint) if not dry_run else None
     applied, output = _call(step, _code(converter, at), when, checkpoint.obj, dry_run=dry_run)
     if applied:
         if output is None:
@@ -266,7 +270,7 @@ def _run_step(  # noqa: PLR0913 - a step, where it runs, and the run's options
     after = signature(state_dict)
     checked, verified = _check_step(step, before, after, schemas, strict=strict)
     if applied and not dry_run:
-        followed = optimizer.follow_step(checkpoint, step, tensors, drop=drop) or ""
+        followed = optimizer.follow_step(checkpoint, step, tensors, drop=drop, optimizer_before=state_before) or ""
     return StepReport(
         step=step,
         applied=applied,
@@ -291,10 +295,10 @@ def _call(
         if when is not None and not when(obj):
             return False, obj
         return True, convert(obj)
-    except CkptPathError:
-        raise
     except OpError as exc:
         raise StepError(str(step.source), str(step.target), converter.origin, str(exc)) from None
+    except CkptPathError:
+        raise
     except (Exception, SystemExit) as exc:
         # A converter that calls sys.exit() fails the step like any other; Ctrl-C still stops.
         if dry_run and (converter.ops is None or when is not None):

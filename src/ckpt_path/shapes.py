@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_path.errors import CheckpointError
+from ckpt_path.errors import SchemaError
 
 __all__ = [
     "Schema",
@@ -238,21 +238,21 @@ def _check_entry(key: str, entry: SchemaEntry, spec: TensorSpec, bound: dict[str
 
 def _parse_entry(key: str, raw: object, file: str) -> SchemaEntry:
     if not isinstance(raw, Mapping):
-        raise CheckpointError(f'{file}: {key}: expected {{"shape": [...], "dtype": ...}}')
+        raise SchemaError(file, 'expected {"shape": [...], "dtype": ...}', key)
     shape = raw.get("shape")
     dtype = raw.get("dtype")
     if shape is not None and (
         not isinstance(shape, list)
         or not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or isinstance(d, str) for d in shape)
     ):
-        raise CheckpointError(f"{file}: {key}: shape must be a list of sizes and dimension names")
+        raise SchemaError(file, "shape must be a list of sizes and dimension names", key)
     if dtype is not None and not isinstance(dtype, str):
-        raise CheckpointError(f"{file}: {key}: dtype must be a string such as float32")
+        raise SchemaError(file, "dtype must be a string such as float32", key)
     return SchemaEntry(key=key, shape=tuple(shape) if shape is not None else None, dtype=dtype)
 
 
 def load_schema(path: str | Path) -> Schema:
-    """Read a schema file; a malformed one raises :class:`CheckpointError` naming the file.
+    """Read a schema file; a malformed one raises :class:`SchemaError` naming the file.
 
     Only a regular file (or a link to one) is read: a FIFO or a device is refused, never waited on.
     """
@@ -261,16 +261,16 @@ def load_schema(path: str | Path) -> Schema:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without a writer, then is refused
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise CheckpointError(f"cannot read schema {path}: not a regular file; a schema is a JSON file")
+                raise SchemaError(str(path), "not a regular file; a schema is a JSON file")
             raw = json.loads(handle.read().decode("utf-8"))
     except OSError as exc:
-        raise CheckpointError(f"cannot read schema {path}: {exc.strerror or exc}") from None
+        raise SchemaError(str(path), f"cannot read it: {exc.strerror or exc}") from None
     except RecursionError:
-        raise CheckpointError(f"cannot read schema {path}: its JSON is nested too deeply") from None
+        raise SchemaError(str(path), "its JSON is nested too deeply") from None
     except ValueError as exc:
-        raise CheckpointError(f"cannot read schema {path}: {exc}") from None
+        raise SchemaError(str(path), f"not JSON ({exc})") from None
     if not isinstance(raw, Mapping) or not isinstance(raw.get("tensors"), Mapping):
-        raise CheckpointError(f'{path}: a schema is {{"version": ..., "tensors": {{key: {{shape, dtype}}}}}}')
+        raise SchemaError(str(path), 'a schema is {"version": ..., "tensors": {key: {"shape": ..., "dtype": ...}}}')
     version = str(raw.get("version", path.stem))
     entries = tuple(_parse_entry(k, v, str(path)) for k, v in raw["tensors"].items())
     return Schema(version=version, entries=entries, file=str(path))

@@ -39,9 +39,10 @@ from ckpt_path._synthetic import (
     summarize,
     synthetic_checkpoint,
 )
+from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.errors import CkptPathError
+from ckpt_path.pipeline import upgrade
 from ckpt_path.registry import Registry
-from ckpt_path.runner import run
 from ckpt_path.shapes import Schema, signature
 
 __all__ = [
@@ -111,10 +112,9 @@ def assert_outputs_preserved(  # noqa: PLR0913, PLR0917 - two models, two versio
     loaded into ``new_model`` with ``strict=True``, and both models run on ``inputs``
     (``new_inputs`` for the new model when the input layout changed).
     """
-    checkpoint = {"state_dict": {k: v.detach().clone() for k, v in old_model.state_dict().items()}}
-    plan = registry.plan(source, target, allow_lossy=True)
-    converted = run(plan, checkpoint, schemas=registry.schema).checkpoint
-    new_model.load_state_dict(converted["state_dict"], strict=True)
+    held = Checkpoint.from_object({"state_dict": {k: v.detach().clone() for k, v in old_model.state_dict().items()}})
+    upgrade(held, registry, target, source=source, allow_lossy=True)  # the pipeline every entry point uses
+    new_model.load_state_dict(held.state_dict, strict=True)
     with torch.no_grad():
         expected = old_model(*inputs)
         got = new_model(*(new_inputs if new_inputs is not None else inputs))

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
 from ckpt_path.errors import UnknownVersionError, VersionError
 
-__all__ = ["LATEST", "branch_of", "floor_version", "nearest_versions", "parse_version", "resolve_target"]
+__all__ = [
+    "LATEST",
+    "VersionRow",
+    "branch_of",
+    "floor_version",
+    "latest",
+    "nearest_versions",
+    "parse_version",
+    "resolve_target",
+    "version_rows",
+]
 
 LATEST = "latest"
 """The highest version without a local label."""
@@ -50,6 +61,43 @@ def floor_version(version: Version, versions: Iterable[Version]) -> Version | No
     return max((v for v in versions if v <= version and branch_of(v) == branch), default=None)
 
 
+def latest(versions: Iterable[Version]) -> Version | None:
+    """Return the highest version without a local label (what ``latest`` means), or None."""
+    return max((v for v in versions if v.local is None), default=None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionRow:
+    """One line of ``ckpt-path versions``: a version, its branch, and what it is."""
+
+    version: Version
+    branch: str | None
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the row as ``versions --json`` prints it."""
+        return {"version": str(self.version), "branch": self.branch, "notes": list(self.notes)}
+
+
+def version_rows(versions: Iterable[Version]) -> list[VersionRow]:
+    """Describe every version, newest first: its branch, and whether it is ``latest`` or ``LABEL@latest``."""
+    known = sorted(set(versions), reverse=True)
+    top = latest(known)
+    heads: dict[str | None, Version] = {}
+    for version in known:
+        heads.setdefault(branch_of(version), version)
+    rows = []
+    for version in known:
+        branch = branch_of(version)
+        notes = [f"branch {branch}"] if branch else []
+        if version == top:
+            notes.append("latest")
+        elif branch and heads[branch] == version:
+            notes.append(f"{branch}@latest")
+        rows.append(VersionRow(version=version, branch=branch, notes=tuple(notes)))
+    return rows
+
+
 def resolve_target(text: str, versions: Iterable[Version]) -> Version:
     """Turn a target as users write it into a version of the graph.
 
@@ -60,10 +108,10 @@ def resolve_target(text: str, versions: Iterable[Version]) -> Version:
     known = list(versions)
     text = text.strip()
     if text == LATEST:
-        mainline = [v for v in known if v.local is None]
-        if not mainline:
+        found = latest(known)
+        if found is None:
             raise UnknownVersionError(LATEST, [str(v) for v in sorted(known)[-3:]])
-        return max(mainline)
+        return found
     if text.endswith("@" + LATEST):
         label = text[: -len("@" + LATEST)].lower()  # PEP 440 lowercases local labels
         if not label:

@@ -317,7 +317,7 @@ def make_model(version: str, seed: int = 0, hidden: int = HIDDEN) -> nn.Module:
 
 def _train(model: nn.Module, version: str, steps: int, seed: int) -> torch.optim.Adam:
     """Fit ``model`` for ``steps`` Adam steps to a toy dynamics: every field drifts one node on."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=_LEARNING_RATE)
+    optimizer = torch.optim.Adam(model.named_parameters(), lr=_LEARNING_RATE)  # names travel with the state
     for step in range(steps):
         fields = make_fields(seed=seed * 1_000 + step, batch=_TRAIN_BATCH, nodes=_TRAIN_NODES)
         target = {name: field.roll(1, dims=-1) for name, field in fields.items()}

@@ -19,6 +19,7 @@ from ckpt_path import (
     read_converter_file,
     read_converters,
 )
+from ckpt_path.converters import FileCode, FunctionCode
 from ckpt_path.errors import SettingsError
 from ckpt_path.registry import ENV_VAR
 from conftest import EXAMPLE_CONVERTERS
@@ -166,13 +167,11 @@ def test_reads_every_literal(tmp_path, write_converter):
         cost=2.5,
         touches=("processor.*", "head.bias"),
         reversible=False,
-        kind="convert",
         digest=converter.digest,
         inverse=False,
-        has_when=True,
     )
+    assert (converter.kind, converter.has_when, converter.code) == ("convert", True, FileCode(with_when=True))
     assert converter.digest.startswith("sha256:")
-    assert converter.convert is None
 
 
 def test_defaults(tmp_path, write_converter):
@@ -417,7 +416,7 @@ def test_from_function_reads_the_docstring():
         "Rename the head.",
         ("head.*",),
     )
-    assert converter.convert is rename_head
+    assert converter.code == FunctionCode(rename_head)
     assert converter.origin == "<code:rename_head>"
 
 

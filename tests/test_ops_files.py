@@ -138,10 +138,10 @@ def test_reversible_registers_the_inverse_edge(tmp_path):
     assert registry.graph.has_edge(ckpt_path.parse_version("1.0.0"), ckpt_path.parse_version("1.1.0"))
     plan = registry.plan("1.1.0", "1.0.0")
     (step,) = plan.steps
-    assert step.converter.inverse
+    assert step.inverse
     assert step.file == str(path)
     assert not step.lossy
-    assert step.converter.ops[-1] == Rename("encoder.{p}", "enc.{p}")
+    assert step.ops[-1] == Rename("encoder.{p}", "enc.{p}")
 
 
 def test_without_reversible_there_is_no_inverse_edge(tmp_path):

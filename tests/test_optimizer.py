@@ -21,6 +21,7 @@ from torch.nn import functional
 
 from ckpt_path import Converter, Registry
 from ckpt_path.checkpoint import Checkpoint
+from ckpt_path.converters import OpsCode
 from ckpt_path.errors import OptimizerStateError
 from ckpt_path.ops import Add, Concat, Drop, MoveIndex, Op, Permute, Rename, Split
 from ckpt_path.optimizer import OptimizerStateFollowError, align, follow_step, record_parameters, snapshot
@@ -126,8 +127,7 @@ def _registry(*steps: Sequence[Op] | Callable[[Any], Any]) -> Registry:
                     source=parse_version(source),
                     target=parse_version(target),
                     name=f"step{number}",
-                    kind="ops",
-                    ops=ops,
+                    code=OpsCode(ops),
                     lossy=any(op.is_lossy() for op in ops),
                 )
             )

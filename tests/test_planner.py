@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from packaging.version import Version
 
 from ckpt_path import LossyPathError, NoPathError, Plan, Planner, Step, UnknownVersionError, build_graph
+from ckpt_path.converters import FunctionCode
 from conftest import EXAMPLE_CONVERTERS, build_registry, edge_name
 
 LOSSY = {"lossy": True}
@@ -333,7 +334,7 @@ def test_registry_decorator_registers():
 
     plan = registry.plan("1.0")
     assert [s.name for s in plan.steps] == ["upgrade"]
-    assert plan.steps[0].converter.convert is upgrade
+    assert plan.steps[0].code == FunctionCode(upgrade)
     assert plan.cost == 2.0
 
 
@@ -411,7 +412,7 @@ def test_plan_and_step_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.target = Version("9.0")  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        plan.steps[0].converter = plan.steps[0].converter  # type: ignore[misc]
+        plan.steps[0].cost = 2.0  # type: ignore[misc]
     with pytest.raises((AttributeError, TypeError)):
         plan.note = "x"  # type: ignore[attr-defined]
     assert isinstance(plan, Plan)

@@ -18,7 +18,7 @@ import torch
 from ckpt_path.converters import Converter
 from ckpt_path.errors import CkptPathError
 from ckpt_path.ops import OpError, predict
-from ckpt_path.planner import Plan, Step
+from ckpt_path.planner import Plan
 from ckpt_path.registry import Registry
 from ckpt_path.runner import run
 from ckpt_path.shapes import Schema, TensorSpec
@@ -179,7 +179,7 @@ def edge_converter(registry: Registry, source: str, target: str) -> Converter:
 
 def run_converter(registry: Registry, converter: Converter, checkpoint: Any) -> Any:  # noqa: ANN401
     """Run one converter, with every check of a real run, on a copy of ``checkpoint``; return the result."""
-    plan = Plan(source=converter.source, target=converter.target, steps=(Step(converter=converter),))
+    plan = Plan(source=converter.source, target=converter.target, steps=(converter,))
     return run(plan, copy.deepcopy(checkpoint), schemas=registry.schema).checkpoint
 
 

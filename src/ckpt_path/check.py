@@ -31,7 +31,7 @@ from ckpt_path.converter_files import converter_files, display_path, read_conver
 from ckpt_path.converters import Converter
 from ckpt_path.errors import CkptPathError, ConverterFileError, StepError, VersionError
 from ckpt_path.graph import split_duplicates
-from ckpt_path.planner import Plan, Step
+from ckpt_path.planner import Plan
 from ckpt_path.registry import Registry, find_converters_dir
 from ckpt_path.shapes import Schema
 from ckpt_path.versions import latest, parse_version
@@ -168,12 +168,12 @@ def _run_paths(
 
     results, notes = [], []
     for nodes in sorted(paths, key=lambda p: (len(p), p)):
-        steps = tuple(Step(converter=lossless.edges[u, v]["converter"]) for u, v in itertools.pairwise(nodes))
+        steps = tuple(lossless.edges[u, v]["converter"] for u, v in itertools.pairwise(nodes))
         plan = Plan(source=nodes[0], target=nodes[-1], steps=steps)
         try:
             results.append((nodes, run(plan, synthetic_checkpoint(schema), schemas=registry.schema).checkpoint))
         except CkptPathError as exc:
-            notes.append(Finding(file=steps[0].converter.origin, problem=False, message=f"path not compared: {exc}"))
+            notes.append(Finding(file=steps[0].origin, problem=False, message=f"path not compared: {exc}"))
     return results, notes
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from ckpt_path.converters import Converter, check_cost, file_digest
+from ckpt_path.converters import Code, Converter, FileCode, MovesCode, OpsCode, check_cost, file_digest
 from ckpt_path.errors import ConverterFileError, VersionError
 from ckpt_path.ops import OPS, Op, OpError, invert
 from ckpt_path.pickles import Moves
@@ -224,12 +224,16 @@ def read_converter_file(path: Path, *, display: str | None = None) -> Converter:
         cost=meta.get("cost", 1.0),
         touches=meta.get("touches", () if not has_ops and "convert" not in names else None),
         reversible=meta.get("reversible", False),
-        kind="ops" if has_ops else "convert" if "convert" in names else "moves",
+        code=_code(ops, with_convert="convert" in names, with_when="when" in names),
         digest=file_digest(data),
-        has_when="when" in names,
-        ops=ops,
         moves=moves or None,
     )
+
+
+def _code(ops: tuple[Op, ...] | None, *, with_convert: bool, with_when: bool) -> Code:
+    if ops is not None:
+        return OpsCode(ops, with_when=with_when)
+    return FileCode(with_when=with_when) if with_convert else MovesCode(with_when=with_when)
 
 
 def _op_argument(node: ast.expr, file: str) -> object:

@@ -13,16 +13,28 @@ import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from packaging.version import Version
 
 from ckpt_path.errors import ConverterFileError, VersionError
-from ckpt_path.ops import invert
+from ckpt_path.ops import Op, invert
 from ckpt_path.pickles import Moves
 from ckpt_path.versions import parse_version
 
-__all__ = ["MIN_COST", "ConvertFn", "Converter", "WhenFn", "check_cost", "file_digest"]
+__all__ = [
+    "MIN_COST",
+    "Code",
+    "ConvertFn",
+    "Converter",
+    "FileCode",
+    "FunctionCode",
+    "MovesCode",
+    "OpsCode",
+    "WhenFn",
+    "check_cost",
+    "file_digest",
+]
 
 ConvertFn = Callable[[Any], Any]
 WhenFn = Callable[[Any], bool]
@@ -30,14 +42,52 @@ WhenFn = Callable[[Any], bool]
 MIN_COST = 1e-6
 """Costs are summed in millionths, so that equal totals compare equal whatever the order."""
 
+Kind = Literal["convert", "ops", "moves"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileCode:
+    """A converter file that defines ``convert``: imported when its step runs, never before."""
+
+    with_when: bool = False
+    """The file defines a ``when`` guard too."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpsCode:
+    """Declarative ops, read from the file's syntax tree (or given in code)."""
+
+    ops: tuple[Op, ...]
+    with_when: bool = False
+    """The file defines a ``when`` guard: it is imported for that alone when the step runs."""
+
+
+@dataclass(frozen=True, slots=True)
+class MovesCode:
+    """A file that only declares moved globals: its step leaves the checkpoint as it is."""
+
+    with_when: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCode:
+    """A function given in code (libraries, tests), with its optional guard."""
+
+    convert: ConvertFn
+    when: WhenFn | None = None
+
+
+Code = FileCode | OpsCode | MovesCode | FunctionCode
+"""What a converter runs: exactly one of these."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Converter:
     """One edge ``source -> target`` of the version graph.
 
-    A converter read from a file carries its ``file`` and no code: the code is imported when
-    the step runs (see :mod:`ckpt_path.runner`). A converter made in code carries ``convert``
-    (or ``ops``) and optionally ``when`` directly.
+    ``code`` says what the step runs: a converter file's ``convert`` (imported only when the
+    step runs, see :mod:`ckpt_path._converter_code`), declarative ops read from the file's
+    syntax tree, a file that only moves pickled globals, or a function given in code.
     """
 
     source: Version
@@ -48,20 +98,34 @@ class Converter:
     lossy: bool = False
     cost: float = 1.0
     touches: tuple[str, ...] | None = None
+    """Glob patterns of the keys the step may change; None when not declared (nothing checked)."""
     reversible: bool = False
-    kind: str = "convert"
-    """``"convert"`` for a function, ``"ops"`` for declarative operations, ``"moves"`` for a
-    file that only declares moved globals (its step leaves the state dict as it is)."""
+    code: Code = field(default_factory=FileCode, compare=False, repr=False)
     digest: str = ""
     """Fingerprint of the converter's code, recorded in the stamp's history."""
     inverse: bool = False
     """True for the edge registered automatically from a ``reversible`` file."""
-    has_when: bool = False
     moves: Moves | None = None
     """How pickled globals moved in this step's code (see :mod:`ckpt_path.pickles`)."""
-    convert: ConvertFn | None = field(default=None, compare=False, repr=False)
-    when: WhenFn | None = field(default=None, compare=False, repr=False)
-    ops: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def kind(self) -> Kind:
+        """``ops``, ``moves`` (a file that only moves pickled globals) or ``convert`` (a function)."""
+        if isinstance(self.code, OpsCode):
+            return "ops"
+        return "moves" if isinstance(self.code, MovesCode) else "convert"
+
+    @property
+    def ops(self) -> tuple[Op, ...] | None:
+        """The step's declarative ops, or None for code."""
+        return self.code.ops if isinstance(self.code, OpsCode) else None
+
+    @property
+    def has_when(self) -> bool:
+        """Whether the step has a ``when`` guard."""
+        if isinstance(self.code, FunctionCode):
+            return self.code.when is not None
+        return self.code.with_when
 
     @property
     def origin(self) -> str:
@@ -72,6 +136,18 @@ class Converter:
     def edge(self) -> tuple[Version, Version]:
         """The ``(source, target)`` pair."""
         return (self.source, self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the converter as a step of the contract's ``plan --json``."""
+        return {
+            "source": str(self.source),
+            "target": str(self.target),
+            "converter": self.name,
+            "file": self.file,
+            "lossy": self.lossy,
+            "cost": self.cost,
+            "description": self.description,
+        }
 
     def edges(self) -> tuple[Converter, ...]:
         """Return the edges this converter adds to the graph: itself, and its inverse when reversible."""
@@ -93,13 +169,9 @@ class Converter:
             cost=self.cost,
             touches=None,
             reversible=True,
-            kind=self.kind,
+            code=OpsCode(ops),
             digest=self.digest,
             inverse=True,
-            has_when=False,
-            convert=None,
-            when=None,
-            ops=ops,
         )
 
     @classmethod
@@ -130,11 +202,8 @@ class Converter:
             lossy=lossy,
             cost=float(cost),
             touches=tuple(touches) if touches is not None else None,
-            kind="convert",
+            code=FunctionCode(convert, when),
             digest=_code_digest(convert),
-            has_when=when is not None,
-            convert=convert,
-            when=when,
         )
 
 

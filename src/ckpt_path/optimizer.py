@@ -345,7 +345,7 @@ class _Context:
     def fail(self, parameters: Sequence[str], where: str, reason: str) -> OptimizerStateFollowError:
         step = self.step
         return OptimizerStateFollowError(
-            str(step.source), str(step.target), step.converter.origin, parameters, where, reason=reason
+            str(step.source), str(step.target), step.origin, parameters, where, reason=reason
         )
 
 
@@ -542,7 +542,7 @@ def _through_ops(name: str, owners: _Owners, context: _Context) -> dict[str, Any
             stand_in[key] = value.to(device=tensor.device, dtype=tensor.dtype)
         else:  # zeros of the weight's exact shape and dtype, as a view that holds no memory
             stand_in[key] = torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(tensor.shape)
-    for op in context.step.converter.ops or ():
+    for op in context.step.ops or ():
         op.apply(stand_in)
     return stand_in
 
@@ -659,7 +659,7 @@ def follow_step(
     diff = _diff(before, after)
     if not diff.renamed and not diff.gone and not diff.fresh:
         return None
-    ops = step.converter.ops
+    ops = step.ops
     trace = _trace(ops, list(before)) if ops is not None else None
     if trace is not None and set(trace) != set(after):
         trace = None  # the ops did not do what their names say: follow by identity only
@@ -672,7 +672,7 @@ def follow_step(
     if context.refused:
         changed = sorted({p for _, params in context.refused for p in params})
         where = ", ".join(w for w, _ in context.refused)
-        raise OptimizerStateError(str(step.source), str(step.target), step.converter.origin, changed, where)
+        raise OptimizerStateError(str(step.source), str(step.target), step.origin, changed, where)
     for plan in plans:
         _write(plan)
     if recorded is not None and stamp is not None:

@@ -94,7 +94,7 @@ def open_checkpoint(  # noqa: PLR0913 - the options of loading for a conversion
         if not any(c.moves for c in registry.converters):
             raise
         found, plan = _resolve(peek, registry, target, source=source, unstamped=unstamped, allow_lossy=allow_lossy)
-        moves = Moves.merge([plain, *(s.converter.moves for s in plan.steps if s.converter.moves)])
+        moves = Moves.merge([plain, *(s.moves for s in plan.steps if s.moves)])
         return read(moves), found, plan
     found, plan = _resolve(checkpoint, registry, target, source=source, unstamped=unstamped, allow_lossy=allow_lossy)
     return checkpoint, found, plan

@@ -35,58 +35,8 @@ def _micro(cost: float) -> int:
     return max(1, round(cost * _MICRO))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Step:
-    """One converter applied: the edge ``source -> target``."""
-
-    converter: Converter
-
-    @property
-    def source(self) -> Version:
-        """The version the step starts from."""
-        return self.converter.source
-
-    @property
-    def target(self) -> Version:
-        """The version the step lands on."""
-        return self.converter.target
-
-    @property
-    def name(self) -> str:
-        """The converter's name (its file name without ``.py``)."""
-        return self.converter.name
-
-    @property
-    def file(self) -> str | None:
-        """The converter file, or None for a converter made in code."""
-        return self.converter.file
-
-    @property
-    def lossy(self) -> bool:
-        """Whether the step throws information away."""
-        return self.converter.lossy
-
-    @property
-    def cost(self) -> float:
-        """The edge weight."""
-        return self.converter.cost
-
-    @property
-    def description(self) -> str:
-        """The first line of the converter's docstring."""
-        return self.converter.description
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the step as the contract's JSON object."""
-        return {
-            "source": str(self.source),
-            "target": str(self.target),
-            "converter": self.name,
-            "file": self.file,
-            "lossy": self.lossy,
-            "cost": self.cost,
-            "description": self.description,
-        }
+Step = Converter
+"""A step is a converter applied: ``Plan.steps`` holds the converters of the path, in order."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,7 +194,7 @@ class Planner:
         plan = Plan(
             source=src,
             target=tgt,
-            steps=tuple(Step(converter=c) for c in steps),
+            steps=tuple(steps),
             requested_source=requested,
         )
         if plan.lossy and not allow_lossy:

@@ -27,7 +27,7 @@ from packaging.version import Version
 
 from ckpt_path import optimizer
 from ckpt_path.checkpoint import Checkpoint, get_state_dict
-from ckpt_path.converters import Converter
+from ckpt_path.converters import Converter, FileCode, FunctionCode, MovesCode, OpsCode
 from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError, UnverifiedStepError
 from ckpt_path.ops import Op, OpError
 from ckpt_path.planner import Plan, Step
@@ -120,27 +120,24 @@ def _describe(exc: BaseException, file: str | None) -> str:
     return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
 
 
-def _guard(converter: Converter) -> Callable[[Any], Any] | None:
-    if converter.when is not None:
-        return converter.when
-    if not converter.has_when:
-        return None
-    when = getattr(load_converter_code(converter), "when", None)
-    return when if callable(when) else None
-
-
-def _code(converter: Converter, state_dict_at: tuple[str, ...]) -> Callable[[Any], Any]:
-    """Return the step's convert function: its ops, its function, or the file's ``convert``."""
-    if converter.ops is not None:
-        return _ops_convert(converter.ops, state_dict_at)
-    if converter.convert is not None:
-        return converter.convert
-    if converter.kind == "moves":  # only pickled globals moved: the checkpoint stays as it is
-        return _unchanged
-    convert: Callable[[Any], Any] | None = getattr(load_converter_code(converter), "convert", None)
+def _code(
+    converter: Converter, state_dict_at: tuple[str, ...]
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any] | None]:
+    """Return what the step runs and its ``when`` guard: its ops, its function, or its file's code."""
+    code = converter.code
+    if isinstance(code, FunctionCode):
+        return code.convert, code.when
+    module = load_converter_code(converter) if code.with_when or isinstance(code, FileCode) else None
+    found = getattr(module, "when", None)
+    when = found if callable(found) else None
+    if isinstance(code, OpsCode):
+        return _ops_convert(code.ops, state_dict_at), when
+    if isinstance(code, MovesCode):
+        return _unchanged, when
+    convert = getattr(module, "convert", None)
     if not callable(convert):
         raise StepError(str(converter.source), str(converter.target), converter.origin, "convert is not callable")
-    return convert
+    return convert, when
 
 
 def _unchanged(checkpoint: Any) -> Any:  # noqa: ANN401
@@ -209,14 +206,14 @@ def run_plan(  # noqa: PLR0913 - each option is a documented knob of a run
             warnings.append(f"step {step.source} -> {step.target}: {report.optimizer}")
         if report.predicted and not report.checked:
             warnings.append(
-                f"step {step.source} -> {step.target} ({step.converter.origin}) is unchecked: it declares no "
+                f"step {step.source} -> {step.target} ({step.origin}) is unchecked: it declares no "
                 f"touches and version {step.target} has no schema",
             )
         stamp = stamp.advanced(
             source=str(step.source),
             target=str(step.target),
             converter=step.name,
-            digest=step.converter.digest or None,
+            digest=step.digest or None,
         )
     if stamp.version != str(plan.target):
         stamp = Stamp(version=str(plan.target), history=stamp.history, optimizer_parameters=stamp.optimizer_parameters)
@@ -245,14 +242,14 @@ def _run_step(  # noqa: PLR0913 - a step, where it runs, and the run's options
     dry_run: bool,
     drop: bool,
 ) -> StepReport:
-    converter = step.converter
+    converter = step
     src, tgt, origin = str(step.source), str(step.target), converter.origin
     at = checkpoint.state_dict_at
     tensors = dict(checkpoint.state_dict)  # the objects themselves: what each key held before the step
     before = signature(tensors)
-    when = _guard(converter)
+    convert, when = _code(converter, at)
     state_before = optimizer.snapshot(checkpoint) if not dry_run else None
-    applied, output = _call(step, _code(converter, at), when, checkpoint.obj, dry_run=dry_run)
+    applied, output = _call(step, convert, when, checkpoint.obj, dry_run=dry_run)
     if applied:
         if output is None:
             raise StepError(src, tgt, origin, "convert returned None; return the checkpoint (mutating it is fine)")
@@ -290,7 +287,7 @@ def _call(
     dry_run: bool,
 ) -> tuple[bool, Any]:
     """Run a step's guard and code; return whether it applied and what it returned."""
-    converter = step.converter
+    converter = step
     try:
         if when is not None and not when(obj):
             return False, obj
@@ -313,7 +310,7 @@ def _refuse_meta(state_dict: Mapping[str, Any], step: Step) -> None:
         raise StepError(
             str(step.source),
             str(step.target),
-            step.converter.origin,
+            step.origin,
             f"it left tensors without data (device meta): {', '.join(empty[:10])}",
         )
 
@@ -327,7 +324,7 @@ def _check_step(
     strict: bool,
 ) -> tuple[tuple[str, ...], bool]:
     """Check the state dict after a step; return which checks ran and whether a schema verified it."""
-    converter = step.converter
+    converter = step
     src, tgt, origin = str(step.source), str(step.target), converter.origin
     checked: list[str] = []
     problems: list[str] = []
@@ -381,14 +378,14 @@ def predict(plan: Plan, sig: Mapping[str, TensorSpec], schemas: SchemaLookup | N
     current: dict[str, TensorSpec] | None = dict(sig)
     unknown = ""
     for step in plan.steps:
-        converter = step.converter
+        converter = step
         if current is None:
             reports.append(_not_predicted(step, f"follows step {unknown}, whose effect is known only when it runs"))
             continue
         if converter.kind == "moves" and not converter.has_when:
             reports.append(StepReport(step=step, applied=True, diff=ShapeDiff(), checked=(), verified=False))
             continue
-        if converter.ops is None or converter.has_when or converter.when is not None:
+        if converter.ops is None or converter.has_when:
             what = "a when() guard" if converter.ops is not None else "a convert function"
             schema = schemas(step.target) if schemas is not None else None
             current = schema.signature() if schema is not None else None

@@ -292,6 +292,59 @@ def write_converters(directory: Path) -> None:
         (directory / f"{number:02d}_rename.py").write_text(text, encoding="utf-8")
 
 
+BARE = '''"""The same renames without ckpt-path. Usage: python bare.py IN OUT MODE (mmap, fsync, plain)."""
+import datetime
+import json
+import os
+import re
+import sys
+
+import torch
+
+RENAMES = None  # replaced by the benchmark: [(source, target, [(key regex, new key template)])]
+
+src, dst, mode = sys.argv[1:]
+if src.endswith(".safetensors"):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(src, framework="pt") as f:
+        meta = dict(f.metadata())
+    ckpt = sd = load_file(src)
+    history = json.loads(meta["ckpt_path.history"])
+else:
+    ckpt = torch.load(src, mmap=mode != "plain", weights_only=True)
+    sd, history = ckpt["state_dict"], ckpt["ckpt_path"]["history"]
+for source, target, renames in RENAMES:
+    for old, new in renames:
+        for key in list(sd):
+            if found := re.match(old, key):
+                sd[new.format(**found.groupdict())] = sd.pop(key)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    history.append({"source": source, "target": target, "converter": None, "digest": None, "at": now})
+out = dst + ".tmp" if mode == "fsync" else dst
+if src.endswith(".safetensors"):
+    meta.update({"ckpt_path.version": target, "ckpt_path.history": json.dumps(history)})
+    save_file(sd, out, metadata=meta)
+else:
+    ckpt["ckpt_path"]["version"] = target
+    torch.save(ckpt, out)
+if mode == "fsync":
+    for path in (out, os.path.dirname(dst) or "."):
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        if path == out:
+            os.replace(out, dst)
+'''
+
+
+def write_bare_script(path: Path) -> None:
+    """Write :data:`BARE`, the :data:`RENAMES` path done by hand, to ``path``."""
+    renames = [(s, t, [(template_regex(old), new) for old, new in pairs]) for s, t, pairs in RENAMES]
+    path.write_text(BARE.replace("RENAMES = None", f"RENAMES = {renames!r}"), encoding="utf-8")
+
+
 def transformer(size: int) -> list[tuple[str, tuple[int, ...]]]:
     """Keys and shapes of a small transformer's float32 weights, about ``size`` bytes in all.
 

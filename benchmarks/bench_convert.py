@@ -51,8 +51,8 @@ from _common import (
     load,
     run_rounds,
     table,
-    template_regex,
     transformer,
+    write_bare_script,
     write_converters,
     write_results,
 )
@@ -61,58 +61,11 @@ GOAL_ANON_SHARE = 10.0
 """Peak RssAnon above ``import torch``, in % of the checkpoint; the goal is stated from 1 GiB up
 (below, the fixed cost of ckpt-path's imports, about 20 MiB, dominates)."""
 
-BARE = '''"""The same renames without ckpt-path. Usage: python bare.py IN OUT MODE (mmap, fsync, plain)."""
-import datetime
-import json
-import os
-import re
-import sys
-
-import torch
-
-RENAMES = None  # replaced by the benchmark: [(source, target, [(key regex, new key template)])]
-
-src, dst, mode = sys.argv[1:]
-if src.endswith(".safetensors"):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(src, framework="pt") as f:
-        meta = dict(f.metadata())
-    ckpt = sd = load_file(src)
-    history = json.loads(meta["ckpt_path.history"])
-else:
-    ckpt = torch.load(src, mmap=mode != "plain", weights_only=True)
-    sd, history = ckpt["state_dict"], ckpt["ckpt_path"]["history"]
-for source, target, renames in RENAMES:
-    for old, new in renames:
-        for key in list(sd):
-            if found := re.match(old, key):
-                sd[new.format(**found.groupdict())] = sd.pop(key)
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    history.append({"source": source, "target": target, "converter": None, "digest": None, "at": now})
-out = dst + ".tmp" if mode == "fsync" else dst
-if src.endswith(".safetensors"):
-    meta.update({"ckpt_path.version": target, "ckpt_path.history": json.dumps(history)})
-    save_file(sd, out, metadata=meta)
-else:
-    ckpt["ckpt_path"]["version"] = target
-    torch.save(ckpt, out)
-if mode == "fsync":
-    for path in (out, os.path.dirname(dst) or "."):
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-        if path == out:
-            os.replace(out, dst)
-'''
-
 
 def commands(work: Path, src: Path) -> list[Command]:
     """Return the commands of one round: ckpt-path first, the memory baseline ``import torch`` last."""
     python, ext = sys.executable, src.suffix
-    renames = [(s, t, [(template_regex(old), new) for old, new in pairs]) for s, t, pairs in RENAMES]
-    (work / "bare.py").write_text(BARE.replace("RENAMES = None", f"RENAMES = {renames!r}"), encoding="utf-8")
+    write_bare_script(work / "bare.py")
     save = "load_file + save_file" if ext == ".safetensors" else "mmap load + torch.save"
 
     def out(name: str) -> Path:
@@ -157,7 +110,7 @@ def measure(fmt: str, size: int, runs: int) -> list[Result]:
         lowest = f"{min(ours.walls) / min(cmd.walls):.2f}" if cmd is not baseline else ""
         spread = f"{min(cmd.walls):.2f}-{max(cmd.walls):.2f}"
         rows.append((cmd.key, f"{cmd.wall():.2f}", spread, ratio, lowest, f"{cmd.anon_mib():.0f}"))
-    header = ("command", "wall s, median", "min-max", "ckpt-path / it, medians", "minimums", "peak RssAnon MiB")
+    header = ("command", "wall s, median", "min-max", "ckpt-path / this, medians", "of minimums", "peak RssAnon MiB")
     print(table(header, rows))
     extra = ours.anon_mib() - baseline.anon_mib()
     share = 100 * extra / file_mib
@@ -186,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run every (size, format), write the headline results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--size-gib", type=float, nargs="+", help="checkpoint sizes (default 1 4; --quick 1/16)")
+    parser.add_argument("--size-gib", type=float, nargs="+", help="checkpoint sizes (default 1 4; --quick 0.0625)")
     parser.add_argument("--format", nargs="+", choices=("torch", "safetensors"), default=["torch", "safetensors"])
     parser.add_argument("--runs", type=int, help="measured rounds after the warm-up (default 5; --quick 2)")
     args = parser.parse_args(argv)

@@ -238,16 +238,9 @@ def measure_plans(planner: Planner, pairs: list[tuple[str, str]]) -> tuple[list[
     return samples, steps, no_path
 
 
-def measure_repeated(planner: Planner, source: str, target: str, repeats: int) -> tuple[list[int], int]:
-    """Time the same plan ``repeats`` times; return the timings and its step count."""
-    samples = []
-    steps = 0
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        plan = planner.plan(source, target, allow_lossy=True)
-        samples.append(time.perf_counter_ns() - start)
-        steps = len(plan.steps)
-    return samples, steps
+def repeat(fn: Callable[[], object], times: int) -> list[int]:
+    """Time ``times`` calls of ``fn``; return the nanoseconds of each."""
+    return [timed(fn)[0] for _ in range(times)]
 
 
 def describe(history: History, seed: int, gen_ns: int) -> None:
@@ -284,13 +277,11 @@ def run(size: Size, seed: int) -> list[Result]:
         samples, steps, no_path = measure_plans(planner, pairs)
     oldest = names[0]
     with worst_gc:
-        worst, worst_steps = measure_repeated(planner, oldest, "latest", size.worst_repeats)
-        back, back_steps = measure_repeated(planner, "latest", oldest, size.worst_repeats)
-    resolve = []
-    for _ in range(size.worst_repeats):
-        start = time.perf_counter_ns()
-        planner.resolve("latest")
-        resolve.append(time.perf_counter_ns() - start)
+        worst = repeat(lambda: planner.plan(oldest, "latest", allow_lossy=True), size.worst_repeats)
+        back = repeat(lambda: planner.plan("latest", oldest, allow_lossy=True), size.worst_repeats)
+    worst_steps = len(planner.plan(oldest, "latest", allow_lossy=True).steps)
+    back_steps = len(planner.plan("latest", oldest, allow_lossy=True).steps)
+    resolve = repeat(lambda: planner.resolve("latest"), size.worst_repeats)
 
     def share(meter: GcMeter, timings: list[int]) -> str:
         return f"{100 * meter.total_ns / sum(timings):.0f} %"

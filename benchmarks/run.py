@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from _common import Result, load, read_results, table
-
-HERE = Path(__file__).resolve().parent
+from _common import HERE, Result, load, read_results, table
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +36,7 @@ BENCHMARKS = [
     Benchmark("plan", "bench_plan.py"),
     Benchmark("coldstart", "bench_coldstart.py"),
     Benchmark("convert", "bench_convert.py"),
+    Benchmark("memcap", "bench_memcap.py"),
 ]
 
 
@@ -48,7 +47,7 @@ def run_benchmark(benchmark: Benchmark, *, quick: bool) -> list[Result]:
         command = [sys.executable, str(HERE / benchmark.script), "--json", str(out), *benchmark.args]
         if quick:
             command.append("--quick")
-        print(f"\n## {benchmark.name}: {' '.join(command[1:2])}{' --quick' if quick else ''}\n", flush=True)
+        print(f"\n## {benchmark.name}: {benchmark.script}{' --quick' if quick else ''}\n", flush=True)
         done = subprocess.run(command, check=False)
         if done.returncode != 0 or not out.exists():
             print(f"{benchmark.name} failed with exit code {done.returncode}", file=sys.stderr)

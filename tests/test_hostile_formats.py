@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from ckpt_fixtures import digest
+from ckpt_fixtures import digest, write_converter
 from ckpt_path import formats
 from ckpt_path.checkpoint import load_checkpoint, save_checkpoint
 from ckpt_path.cli import app
@@ -88,6 +89,20 @@ def safetensors_bytes(header: dict[str, Any], data: bytes = b"") -> bytes:
     return struct.pack("<Q", len(body)) + body + data
 
 
+@pytest.fixture
+def no_hang() -> Iterator[None]:
+    """Fail the test (instead of hanging the run) if it blocks for 20 s, e.g. opening a FIFO."""
+
+    def hung(_signum: int, _frame: object) -> None:
+        pytest.fail("blocked for 20 s (waiting on a FIFO?)")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 def one_line_error(args: list[str]) -> str:
     """Run the command line in process; assert exit 1 with one ``error:`` line and no traceback; return it."""
     result = CliRunner().invoke(app, args)
@@ -103,7 +118,7 @@ def one_line_error(args: list[str]) -> str:
 
 
 def test_force_over_a_layout_keeps_files_its_index_names_that_are_not_shards(tmp_path):
-    """--force over a layout whose index names config.json and README.md removes only ``PREFIX-NNNNN-of-NNNNN`` shards."""
+    """--force over a layout whose index names config.json and README.md removes only its shards, not them."""
     index = tmp_path / "model.safetensors.index.json"
     save_checkpoint(tensors(2, 0.0), index, shard_size=ELEMENTS * 4)
     old_shards = shard_names(index)
@@ -126,7 +141,12 @@ def test_layout_files_are_only_shard_names_in_the_index_directory(tmp_path):
     """What replacing a layout removes: shard-named files beside the index, never ``../x`` or other names."""
     index = tmp_path / "in" / "model.safetensors.index.json"
     index.parent.mkdir()
-    for name in ("model-00001-of-00002.safetensors", "model.1-00001-of-00001.safetensors", "notes.txt", "x.safetensors"):
+    for name in (
+        "model-00001-of-00002.safetensors",
+        "model.1-00001-of-00001.safetensors",
+        "notes.txt",
+        "x.safetensors",
+    ):
         (index.parent / name).write_bytes(b"x")
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"outside")
     weight_map = {
@@ -148,19 +168,35 @@ def test_layout_files_are_only_shard_names_in_the_index_directory(tmp_path):
 
 
 def test_single_input_named_like_a_shard_is_not_replaced_by_its_own_layout(tmp_path):
-    """A single input ``model-00001-of-00001.safetensors`` written as ``model.safetensors.index.json`` beside it is refused."""
+    """A single input ``model-00001-of-00001.safetensors`` written as the layout beside it is refused."""
     source = tmp_path / "model-00001-of-00001.safetensors"
     save_file(tensors(1, 1.0), str(source))
     before = tree(tmp_path)
 
     with pytest.raises(InputOverwriteError) as info:
-        save_checkpoint(
-            tensors(1, 2.0), tmp_path / "model.safetensors.index.json", force=True, protect=[source]
-        )
+        save_checkpoint(tensors(1, 2.0), tmp_path / "model.safetensors.index.json", force=True, protect=[source])
 
     assert info.value.input_file == str(source)
     assert "input" in str(info.value)
     assert tree(tmp_path) == before
+
+
+def test_convert_onto_a_layout_whose_shard_is_the_input_is_refused(tmp_path):
+    """``convert model-00001-of-00001.safetensors -o model.safetensors.index.json --force`` beside it: one error."""
+    converters = tmp_path / "converters"
+    write_converter(converters, "step", "1.0.0", "1.1.0", touches=[])
+    work = tmp_path / "work"
+    work.mkdir()
+    source = work / "model-00001-of-00001.safetensors"
+    stamp = {"format": "pt", "ckpt_path.version": "1.0.0", "ckpt_path.history": "[]"}
+    save_file(tensors(1, 1.0), str(source), metadata=stamp)
+    before = tree(work)
+
+    output = work / "model.safetensors.index.json"
+    line = one_line_error(["convert", str(source), "-o", str(output), "--force", "--converters", str(converters)])
+
+    assert str(source) in line
+    assert tree(work) == before
 
 
 def protected_variants(tmp_path: Path, source: Path) -> dict[str, Path]:
@@ -401,7 +437,7 @@ def test_tensor_in_a_shard_but_not_in_the_index_is_an_error(tmp_path):
     save_file({"a": torch.ones(2), "hidden": torch.zeros(2)}, str(tmp_path / "model-00001-of-00001.safetensors"))
     index.write_text(json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
 
-    with pytest.raises(UnreadableCheckpointError, match=r"model-00001-of-00001\.safetensors holds hidden"):
+    with pytest.raises(UnreadableCheckpointError, match=r"model-00001-of-00001\.safetensors' holds 'hidden'"):
         load_checkpoint(index)
 
 
@@ -464,19 +500,9 @@ CRAFTED_HEADERS: dict[str, bytes] = {
     "nested-200k": struct.pack("<Q", 400_000) + nested(200_000).encode(),
     "dtype-list": safetensors_bytes({"w": entry(["F32"])}, bytes(8)),
     "dtype-object": safetensors_bytes({"w": entry({"F32": 1})}, bytes(8)),
-    "shape-string": safetensors_bytes({"w": entry(shape="2")}, bytes(8)),
-    "shape-float": safetensors_bytes({"w": entry(shape=[2.0])}, bytes(8)),
-    "offsets-float": safetensors_bytes({"w": entry(offsets=[0.0, 8.0])}, bytes(8)),
-    "offsets-three": safetensors_bytes({"w": entry(offsets=[0, 8, 16])}, bytes(16)),
-    "offsets-reversed": safetensors_bytes({"w": entry(offsets=[8, 0])}, bytes(8)),
-    "offsets-negative": safetensors_bytes({"w": entry(offsets=[-8, 0])}, bytes(8)),
-    "entry-list": safetensors_bytes({"w": [1, 2]}, bytes(8)),
     "overlapping": safetensors_bytes({"a": entry(offsets=(0, 8)), "b": entry(offsets=(4, 12))}, bytes(12)),
     "metadata-number": safetensors_bytes({"__metadata__": {"format": 5}}),
-    "metadata-list": safetensors_bytes({"__metadata__": ["format", "pt"]}),
-    "history-number": safetensors_bytes(
-        {"__metadata__": {"ckpt_path.version": "1.0.0", "ckpt_path.history": "5"}}
-    ),
+    "history-number": safetensors_bytes({"__metadata__": {"ckpt_path.version": "1.0.0", "ckpt_path.history": "5"}}),
     "history-object": safetensors_bytes(
         {"__metadata__": {"ckpt_path.version": "1.0.0", "ckpt_path.history": '{"source": "0.9.0"}'}}
     ),
@@ -513,21 +539,18 @@ CRAFTED_INDEXES: dict[str, str] = {
     "nested-100k": nested(100_000),
     "metadata-nested-100k": '{"metadata": {"x": ' + nested(100_000) + "}, " + WEIGHT_MAP + "}",
     "history-number": '{"metadata": {"ckpt_path.version": "1.0.0", "ckpt_path.history": 5}, ' + WEIGHT_MAP + "}",
-    "history-object": '{"metadata": {"ckpt_path.version": "1.0.0", "ckpt_path.history": {"a": 1}}, '
-    + WEIGHT_MAP
-    + "}",
+    "history-object": '{"metadata": {"ckpt_path.version": "1.0.0", "ckpt_path.history": {"a": 1}}, ' + WEIGHT_MAP + "}",
     "history-json-object": '{"metadata": {"ckpt_path.version": "1.0.0", "ckpt_path.history": "{}"}, '
     + WEIGHT_MAP
     + "}",
     "version-number": '{"metadata": {"ckpt_path.version": 1}, ' + WEIGHT_MAP + "}",
     "metadata-list": '{"metadata": [1, 2], ' + WEIGHT_MAP + "}",
-    "shard-null-byte": '{"weight_map": {"a": "model-00001-of-00001.safetensors\\u0000"}}',
 }
 
 
 @pytest.mark.parametrize("case", sorted(CRAFTED_INDEXES))
 def test_crafted_index_is_one_unreadable_error(tmp_path, case):
-    """A crafted index (nested 100k deep, a history that is no list, a bad shard name) is one UnreadableCheckpointError."""
+    """A crafted index (nested 100k deep, a history or metadata of the wrong type) is one UnreadableCheckpointError."""
     index = crafted_index(tmp_path, CRAFTED_INDEXES[case])
 
     with pytest.raises(UnreadableCheckpointError) as info:
@@ -569,7 +592,9 @@ def test_dangling_converter_link_is_a_converter_file_error(tmp_path):
     """A converter file that is a link to nothing is a ConverterFileError naming it, not silently skipped."""
     directory = tmp_path / "converters"
     directory.mkdir()
-    (directory / "001_step.py").write_text('source = "1.0.0"\ntarget = "1.1.0"\n\n\ndef convert(ckpt):\n    return ckpt\n')
+    (directory / "001_step.py").write_text(
+        'source = "1.0.0"\ntarget = "1.1.0"\n\n\ndef convert(ckpt):\n    return ckpt\n'
+    )
     (directory / "002_gone.py").symlink_to(tmp_path / "nowhere.py")
 
     with pytest.raises(ConverterFileError, match=r"002_gone\.py.*does not exist") as info:
@@ -611,6 +636,7 @@ def test_forced_write_through_a_symlink_keeps_the_link(tmp_path, output_name):
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == [output_name]
 
 
+@pytest.mark.usefixtures("no_hang")
 @pytest.mark.parametrize("output_name", ["out.ckpt", "out.safetensors", "model.safetensors.index.json"])
 def test_forced_write_never_replaces_what_is_not_a_regular_file(tmp_path, output_name):
     """``--force`` onto a FIFO (as onto /dev/null) is refused: it is not a regular file, and it stays."""

@@ -1,4 +1,8 @@
-"""A convert killed with SIGKILL while it writes never leaves a partial file at OUTPUT."""
+"""A convert killed while it writes never leaves a partial file at OUTPUT, nor (after SIGTERM) a temporary.
+
+SIGKILL cannot be caught: its temporary stays until the next write of the same OUTPUT removes
+it, once it is old enough. SIGTERM is handled like Ctrl-C: the temporary is removed at once.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ import pytest
 import torch
 
 from ckpt_fixtures import CKPT_PATH_BIN, digest, write_converter
-from ckpt_path.checkpoint import Stamp, write_stamp
+from ckpt_path.checkpoint import save_checkpoint
 from ckpt_path.registry import ENV_VAR
+from ckpt_path.stamp import Stamp, write_stamp
 
 TIMEOUT = 90.0
 """Seconds to wait for anything the subprocess does; a bound, never an assertion on speed."""
@@ -56,8 +61,8 @@ def temp_files_of(out: Path) -> list[Path]:
     return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and p.name.endswith(".tmp")]
 
 
-def kill_while_writing(big: BigCase, out: Path) -> int:
-    """Run `ckpt-path convert --force` to ``out``, SIGKILL it once its temp file holds data; return its code."""
+def kill_while_writing(big: BigCase, out: Path, sig: signal.Signals = signal.SIGKILL) -> int:
+    """Run `ckpt-path convert --force` to ``out``, send ``sig`` once its temp file holds data; return its code."""
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     command = [str(CKPT_PATH_BIN), "convert", str(big.source), "-o", str(out), "--force"]
     command += ["--converters", str(big.converters)]
@@ -78,7 +83,7 @@ def kill_while_writing(big: BigCase, out: Path) -> int:
             if any(size >= MIN_WRITTEN for size in sizes):
                 break
             time.sleep(0.002)
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(sig)
         return process.wait(timeout=TIMEOUT)
     finally:
         if process.poll() is None:
@@ -125,3 +130,64 @@ def test_sigkill_during_write_leaves_no_output(big):
         assert all(p.name.endswith(".tmp") for p in out_dir.iterdir())
     finally:
         remove_leftovers(out)
+
+
+def test_sigterm_during_write_removes_the_temporary_and_keeps_the_old_output(big):
+    """SIGTERM while writing over OUTPUT: the temporary is removed, OUTPUT keeps its bytes, the exit is SIGTERM's."""
+    out_dir = big.root / "terminated"
+    out_dir.mkdir()
+    out = out_dir / "out.ckpt"
+    torch.save({"state_dict": {"old": torch.arange(4.0)}}, out)
+    old_bytes = out.read_bytes()
+    try:
+        code = kill_while_writing(big, out, signal.SIGTERM)
+        assert code == -signal.SIGTERM, "the conversion did not end by SIGTERM mid-write"
+        assert out.read_bytes() == old_bytes
+        assert digest(big.source) == big.source_digest
+        assert sorted(p.name for p in out_dir.iterdir()) == [out.name]
+    finally:
+        remove_leftovers(out)
+
+
+HOUR_AGO = time.time() - 3600
+
+
+def leave(path: Path, *, old: bool) -> Path:
+    """Write a partial file at ``path`` as a killed write would; backdate it an hour when ``old``."""
+    path.write_bytes(b"partial")
+    if old:
+        os.utime(path, (HOUR_AGO, HOUR_AGO))
+    return path
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
+    """Writing OUTPUT removes this tool's temporaries for OUTPUT older than 10 minutes, and nothing else."""
+    out = tmp_path / "out.ckpt"
+    stale = leave(tmp_path / ".out.ckpt.ckpt-path-a1b2c3d4.tmp", old=True)
+    kept = [
+        leave(tmp_path / ".out.ckpt.ckpt-path-e5f6g7h8.tmp", old=False),  # a conversion still running
+        leave(tmp_path / ".out.ckpt.a1b2c3d4.tmp", old=True),  # not this tool's name
+        leave(tmp_path / ".other.ckpt.ckpt-path-a1b2c3d4.tmp", old=True),  # another OUTPUT's
+        leave(tmp_path / "out.ckpt.ckpt-path-a1b2c3d4.tmp", old=True),  # not hidden: not a temporary
+    ]
+
+    save_checkpoint({"w": torch.ones(2)}, out)
+
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, *(p.name for p in kept)])
+
+
+def test_stale_temporaries_of_a_killed_layout_write_are_removed_by_the_next(tmp_path):
+    """Writing a sharded layout removes stale temporaries of its index and its shards, not another layout's."""
+    index = tmp_path / "model.safetensors.index.json"
+    stale = [
+        leave(tmp_path / ".model.safetensors.index.json.ckpt-path-a1b2c3d4.tmp", old=True),
+        leave(tmp_path / ".model-00002-of-00007.safetensors.ckpt-path-a1b2c3d4.tmp", old=True),
+        leave(tmp_path / ".model.1-00001-of-00002.safetensors.ckpt-path-a1b2c3d4.tmp", old=True),
+    ]
+    kept = leave(tmp_path / ".model-ema-00001-of-00002.safetensors.ckpt-path-a1b2c3d4.tmp", old=True)
+
+    save_checkpoint({"w": torch.ones(2)}, index)
+
+    assert not any(p.exists() for p in stale)
+    assert kept.exists()

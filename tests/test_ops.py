@@ -11,7 +11,32 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckpt_path.ops import Add, Cast, Concat, Drop, MoveIndex, Op, OpError, Permute, Rename, Reshape, Split, invert
+from ckpt_path.ops import (
+    Add,
+    AddInto,
+    Cast,
+    Concat,
+    Drop,
+    DropDerived,
+    DropMeta,
+    MoveIndex,
+    MoveMeta,
+    Op,
+    OpError,
+    Permute,
+    Rename,
+    Reshape,
+    SetMeta,
+    Slice,
+    Split,
+    Squeeze,
+    Stack,
+    Transpose,
+    Unslice,
+    Unsqueeze,
+    Unstack,
+    invert,
+)
 from ckpt_path.shapes import signature
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool)
@@ -698,10 +723,25 @@ def test_bad_op_is_refused_when_made(make, hint):
         pytest.param(Concat(["q", "k"], into="qk"), False, id="Concat"),
         pytest.param(Split("qk", into=["q", "k"]), False, id="Split"),
         pytest.param(Add("w", (2,)), False, id="Add"),
+        pytest.param(Stack("e.{e}.w", into="e.w"), False, id="Stack"),
+        pytest.param(Unstack("e.w", into="e.{e}.w"), False, id="Unstack"),
+        pytest.param(Transpose("w"), False, id="Transpose"),
+        pytest.param(Squeeze("w", (0,)), False, id="Squeeze"),
+        pytest.param(Unsqueeze("w", (0,)), False, id="Unsqueeze"),
+        pytest.param(Slice("w", into="x", dim=0, start=0, stop=1), False, id="Slice"),
+        pytest.param(Unslice("x", into="w", dim=0, start=0, stop=1), False, id="Unslice"),
+        pytest.param(DropDerived("{*b}.attn_mask"), False, id="DropDerived"),
+        pytest.param(AddInto("x", into="w"), True, id="AddInto"),
+        pytest.param(Cast("*", "float32", source_dtype="float16", others="keep"), False, id="Cast-by-dtype-widening"),
+        pytest.param(MoveMeta("a.b", "a.c"), False, id="MoveMeta"),
+        pytest.param(SetMeta("a.b", 1), False, id="SetMeta"),
+        pytest.param(SetMeta("a.b", 1, replace=True), True, id="SetMeta-replace"),
+        pytest.param(DropMeta("a.b", value=1), False, id="DropMeta-with-value"),
+        pytest.param(DropMeta("a.b"), True, id="DropMeta"),
     ],
 )
 def test_op_lossiness(op, lossy):
-    """Drop and every Cast that may lose values are lossy; shape-only ops and Add are not."""
+    """Drop, AddInto, lossy casts and metadata ops that lose a value are lossy; shape-only ops and Add are not."""
     assert op.is_lossy() is lossy
 
 
@@ -711,10 +751,15 @@ def test_op_lossiness(op, lossy):
         pytest.param(Drop("w"), id="Drop"),
         pytest.param(Cast("w", "float32"), id="Cast-without-source"),
         pytest.param(Reshape("w", (-1,)), id="Reshape-without-source"),
+        pytest.param(DropDerived("w"), id="DropDerived"),
+        pytest.param(AddInto("x", into="w"), id="AddInto"),
+        pytest.param(Cast("*", "float32", source_dtype="float16", others="keep"), id="Cast-by-dtype"),
+        pytest.param(DropMeta("a"), id="DropMeta-without-value"),
+        pytest.param(SetMeta("a", 1, replace=True), id="SetMeta-replace"),
     ],
 )
 def test_ops_without_an_inverse(op):
-    """Drop, Cast without source_dtype and Reshape without source_shape have no inverse."""
+    """Drop, DropDerived, AddInto, casts blind to what they cast, reshapes without source_shape: no inverse."""
     assert op.inverse() is None
     assert invert([Rename("a", "b"), op]) is None
 

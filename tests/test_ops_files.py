@@ -467,3 +467,182 @@ def test_reversible_ops_file_and_a_file_for_its_inverse_edge_clash(tmp_path):
     write_ops_file(tmp_path, "unfuse", 'source = "1.1.0"\ntarget = "1.0.0"\nops = [Rename("a", "b")]\n')
     with pytest.raises(ckpt_path.DuplicateConverterError, match=r"fuse\.py.*unfuse\.py|unfuse\.py.*fuse\.py"):
         Registry.from_directory(tmp_path).plan("1.0.0", "1.1.0")
+
+
+# Ops generic over model sizes, read from files.
+
+GENERIC_HEADER = (
+    "from ckpt_path.ops import AddInto, Cast, Concat, DropDerived, DropMeta, MoveIndex, MoveMeta, Rename, Reshape,"
+    " SetMeta, Slice, Split, Squeeze, Stack, Transpose, Unslice, Unsqueeze, Unstack\n"
+)
+
+
+def test_new_ops_read_from_a_file_equal_ops_made_in_code(tmp_path):
+    """Stack, named Reshape, DropDerived, Slice and metadata ops in a file become the ops their calls spell."""
+    from ckpt_path.ops import DropDerived, MoveMeta, SetMeta, Slice, Stack
+
+    path = write_ops_file(
+        tmp_path,
+        "generic",
+        GENERIC_HEADER + 'source = "1.0.0"\ntarget = "1.1.0"\n'
+        "ops = [\n"
+        '    Stack("{*m}.experts.{e}.w1", into="{*m}.experts.w1", dim=0),\n'
+        '    Reshape("{*b}.grn.gamma", ["C"], source_shape=(1, 1, 1, "C")),\n'
+        '    DropDerived("{*b}.attn_mask", optional=True),\n'
+        '    Slice("pos_embed", into="cls_pos", dim=1, start=0, stop=1),\n'
+        '    SetMeta("hyper_parameters.sizes", (1, 2), old={"a": [1]}),\n'
+        '    MoveMeta(["callbacks", "Ckpt{\'monitor\': \'val.loss\'}"], "callbacks.best"),\n'
+        "]\n",
+    )
+    assert read_converter_file(path).ops == (
+        Stack("{*m}.experts.{e}.w1", into="{*m}.experts.w1"),
+        Reshape("{*b}.grn.gamma", ("C",), source_shape=(1, 1, 1, "C")),
+        DropDerived("{*b}.attn_mask", optional=True),
+        Slice("pos_embed", into="cls_pos", dim=1, start=0, stop=1),
+        SetMeta("hyper_parameters.sizes", (1, 2), old={"a": [1]}),
+        MoveMeta(("callbacks", "Ckpt{'monitor': 'val.loss'}"), ("callbacks", "best")),
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "hint"),
+    [
+        pytest.param('Rename("a{*p}.w", "b.{*p}")', "whole segments", id="star-in-a-segment"),
+        pytest.param('Stack("e.{e}.{j}.w", into="e.w")', "exactly one", id="Stack-two-indices"),
+        pytest.param('Reshape("w", ["C"])', "not bound", id="Reshape-unbound-name"),
+        pytest.param('Reshape("g", ["C"], source_shape=[1, -1])', "source_shape", id="Reshape-minus-one-in-source"),
+        pytest.param('Cast("*", "float32", others="keep")', "source_dtype", id="Cast-keep-without-source"),
+    ],
+)
+def test_bad_generic_op_is_refused_when_read(tmp_path, op, hint):
+    """A malformed template or size in a file is a ConverterFileError naming the file and the op's line."""
+    body = GENERIC_HEADER + f'source = "1.0.0"\ntarget = "1.1.0"\nops = [\n    {op},  # HERE\n]\n'
+    path = write_ops_file(tmp_path, "bad", body)
+    with pytest.raises(ConverterFileError) as caught:
+        read_converter_file(path)
+    assert caught.value.line == line_of(path, "# HERE")
+    assert hint in caught.value.reason
+
+
+def test_reversible_file_with_drop_derived_is_refused(tmp_path):
+    """DropDerived is lossless but has no inverse: reversible = True names it."""
+    body = (
+        GENERIC_HEADER + 'source = "1.0.0"\ntarget = "1.1.0"\nreversible = True\nops = [DropDerived("*.attn_mask")]\n'
+    )
+    with pytest.raises(ConverterFileError, match="DropDerived has no inverse"):
+        read_converter_file(write_ops_file(tmp_path, "bad", body))
+
+
+def layered_checkpoint(version: str) -> dict[str, Any]:
+    """Return a stamped Lightning checkpoint with 128 layers, 8 experts and a reorderable head."""
+    state_dict = {f"model.layers.{i}.w": t(2) + i for i in range(128)}
+    state_dict |= {f"moe.experts.{e}.w1": t(3, 4) + e for e in range(8)}
+    state_dict |= {"output_map.weight": t(6, 2), "output_map.bias": t(6)}
+    return lightning(state_dict, version)
+
+
+EFFECTS_BODY = (
+    GENERIC_HEADER + 'source = "1.0.0"\ntarget = "1.1.0"\n'
+    "ops = [\n"
+    '    Rename("model.layers.{i}.w", "backbone.blocks.{i}.w"),\n'
+    '    Stack("{*m}.experts.{e}.w1", into="{*m}.experts.w1"),\n'
+    '    MoveIndex("output_map.{p}", dim=0, index=3, to=1),\n'
+    '    MoveMeta("hyper_parameters.hidden", "hyper_parameters.hidden_dim"),\n'
+    "]\n"
+)
+EFFECTS = [
+    "renamed 128: model.layers.{i}.w → backbone.blocks.{i}.w",
+    "stacked 8 into moe.experts.w1 along new dim 0: {*m}.experts.{e}.w1",
+    "moved index 3 → 1 of dim 0 in 2 keys: output_map.{p}",
+    "moved hyper_parameters.hidden → hyper_parameters.hidden_dim",
+]
+
+
+@pytest.mark.parametrize("command", ["plan", "dry-run", "convert"])
+def test_each_op_is_shown_in_the_users_terms(tmp_path, command):
+    """Plan CKPT, convert --dry-run and convert say 'renamed 128: a → b', not +128 -128 and a key list."""
+    converters = tmp_path / "converters"
+    write_ops_file(converters, "reshape", EFFECTS_BODY)
+    source = tmp_path / "in.ckpt"
+    torch.save(layered_checkpoint("1.0.0"), source)
+    args = {
+        "plan": ["plan", source, "1.1.0"],
+        "dry-run": ["convert", source, "--dry-run"],
+        "convert": ["convert", source, "-o", tmp_path / "out.ckpt"],
+    }[command]
+    result = cli(*args, "--converters", converters)
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    for effect in EFFECTS:
+        assert effect in lines, result.stdout
+    assert "+ backbone.blocks.0.w" not in result.stdout
+
+
+def test_meta_ops_change_the_written_checkpoint(tmp_path):
+    """Converting through a file with MoveMeta writes the hyper-parameter under its new name, weights converted too."""
+    converters = tmp_path / "converters"
+    write_ops_file(converters, "reshape", EFFECTS_BODY)
+    source, output = tmp_path / "in.ckpt", tmp_path / "out.ckpt"
+    torch.save(layered_checkpoint("1.0.0"), source)
+    result = cli("convert", source, "-o", output, "--converters", converters)
+    assert result.exit_code == 0, result.output
+    written = torch.load(output, weights_only=True)
+    assert written["hyper_parameters"] == {"hidden_dim": 3}
+    assert written["state_dict"]["moe.experts.w1"].shape == (8, 3, 4)
+
+
+def test_lossy_path_error_on_the_command_line_names_the_op(tmp_path):
+    """`plan` across a lossy step says which op of which file made it lossy."""
+    write_ops_file(tmp_path, "drop", 'source = "1.0.0"\ntarget = "2.0.0"\nops = [Rename("a", "b"), Drop("head.*")]\n')
+    result = cli("plan", "1.0.0", "2.0.0", "--converters", tmp_path)
+    assert result.exit_code == 1
+    assert "has a lossy step (1.0.0 -> 2.0.0: Drop(pattern='head.*') in " in result.stderr
+    assert "drop.py" in result.stderr
+
+
+def test_mermaid_graph_stays_readable_with_the_new_ops(tmp_path):
+    """`graph --format mermaid` gives one plain edge per converter, labelled by name, whatever templates the ops use."""
+    write_ops_file(
+        tmp_path,
+        "a_fuse",
+        GENERIC_HEADER + 'source = "1.0.0"\ntarget = "1.1.0"\nreversible = True\n'
+        'ops = [Stack("{*m}.experts.{e}.w", into="{*m}.experts.w")]\n',
+    )
+    write_ops_file(
+        tmp_path,
+        "b_shift",
+        GENERIC_HEADER + 'source = "1.1.0"\ntarget = "1.2.0"\n'
+        'ops = [DropDerived("{*b}.attn_mask"), Rename("l.{i}.d.{*p}", "l.{i+1}.d.{*p}")]\n',
+    )
+    result = cli("graph", "--format", "mermaid", "--converters", tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "graph LR"
+    assert "    v0 -->|a_fuse| v1" in lines
+    assert "    v1 -->|a_fuse:inverse| v0" in lines
+    assert "    v1 -->|b_shift| v2" in lines  # dropping derived buffers is not a lossy (dotted) edge
+    assert not any("{" in line for line in lines)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def recipes() -> list[str]:
+    """Return the ops blocks of the README's Recipes section."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### Recipes") :]
+    section = section[: section.index("\n## ")]
+    return [block for block in section.split("```python\n")[1:] if "ops = [" in block]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_readme_recipes_are_valid_ops_files(tmp_path, index):
+    """Every recipe of the README reads as an ops file (reversible ones with their inverse)."""
+    blocks = recipes()
+    assert len(blocks) == 8
+    block = blocks[index].split("```")[0]
+    path = write_ops_file(tmp_path, "recipe", GENERIC_HEADER + 'source = "1.0.0"\ntarget = "1.1.0"\n' + block)
+    converter = read_converter_file(path)
+    assert converter.ops
+    if converter.reversible:
+        assert converter.inverted().ops

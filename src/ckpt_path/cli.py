@@ -358,6 +358,8 @@ def _print_conversion(result: ConvertResult) -> None:
 
 
 def _print_reports(reports: list[StepReport], *, shown: int | None) -> None:
+    from ckpt_path.ops import describe_ops
+
     for i, report in enumerate(reports, 1):
         diff = report.diff
         line = f"  {i}. {report.step.source} -> {report.step.target}  {report.step.name}  "
@@ -371,6 +373,13 @@ def _print_reports(reports: list[StepReport], *, shown: int | None) -> None:
             "unchecked": "UNCHECKED",
         }[report.status]
         skipped = "  (skipped: when() said no)" if not report.applied else ""
+        ops = report.step.ops
+        if ops is not None and report.applied:
+            # Ops say what they did in the user's terms: "renamed 128: a.{i}.w → b.{i}.w", not 256 keys.
+            typer.echo(line + f"[{status}]  {len(ops)} op(s)")
+            for text in describe_ops(ops, diff.before):
+                typer.echo(f"       {text}")
+            continue
         typer.echo(line + f"[{status}]  +{len(diff.added)} -{len(diff.removed)} ~{len(diff.changed)}{skipped}")
         lines = diff.describe()
         for text in lines[:shown]:
@@ -592,6 +601,16 @@ def new(
         bool,
         typer.Option("--ops", help="Scaffold declarative ops (reversible) instead of a convert function."),
     ] = False,
+    infer: Annotated[
+        bool,
+        typer.Option(
+            "--infer",
+            help=(
+                "Draft the ops from schemas/SOURCE.json and schemas/TARGET.json: renames, stacks, "
+                "concatenations and splits found by shapes and names; the rest as TODO comments."
+            ),
+        ),
+    ] = False,
 ) -> None:
     r"""Scaffold a documented converter file NNN_NAME.py in the converters directory.
 
@@ -599,12 +618,19 @@ def new(
     Examples:
       ckpt-path new rename_head --from 1.1.0 --to 1.2.0
       ckpt-path new fuse_qkv --from 1.2.0 --to 1.3.0 --ops
+      ckpt-path new moe_fusion --from 1.3.0 --to 2.0.0 --infer
     """
     from ckpt_path.check import scaffold_converter
     from ckpt_path.registry import find_converters_dir
 
     with _user_errors():
-        path = scaffold_converter(find_converters_dir(converters), name, source, target, ops=ops)
+        path = scaffold_converter(find_converters_dir(converters), name, source, target, ops=ops, infer=infer)
+    if infer:
+        todo = sum(line.startswith("#   ") for line in path.read_text(encoding="utf-8").splitlines())
+        left = f"; {todo} line(s) marked TODO" if todo else ""
+        drafted = f"drafted from the schemas of {source} and {target}{left}"
+        typer.echo(f"wrote {path}, {drafted}; read it, then run `ckpt-path check`")
+        return
     typer.echo(f"wrote {path}; edit it, then run `ckpt-path check`")
 
 

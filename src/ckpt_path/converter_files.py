@@ -237,11 +237,16 @@ def _code(ops: tuple[Op, ...] | None, *, with_convert: bool, with_when: bool) ->
 
 
 def _op_argument(node: ast.expr, file: str) -> object:
-    """Read a literal op argument; ``torch.float16`` becomes the dtype name ``"float16"``."""
+    """Read a literal op argument; ``torch.float16`` becomes the dtype name ``"float16"``.
+
+    Lists stay lists and tuples tuples (``SetMeta`` stores the value as written).
+    """
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "torch":
         return node.attr
-    if isinstance(node, ast.List | ast.Tuple):
+    if isinstance(node, ast.List):
         return [_op_argument(e, file) for e in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_op_argument(e, file) for e in node.elts)
     return _literal(node, "an op argument", file)
 
 
@@ -266,8 +271,9 @@ def _read_ops(stmt: ast.stmt, file: str) -> tuple[Op, ...]:
             raise ConverterFileError(file, f"{name}: no *args or **kwargs in ops", node.lineno)
         args = [_op_argument(a, file) for a in node.args]
         kwargs = {str(k.arg): _op_argument(k.value, file) for k in node.keywords}
+        make: Callable[..., Op] = OPS[name]
         try:
-            ops.append(OPS[name](*args, **kwargs))
+            ops.append(make(*args, **kwargs))
         except (OpError, TypeError) as exc:
             raise ConverterFileError(file, f"{name}: {exc}", node.lineno) from None
     if not ops:

@@ -187,13 +187,27 @@ class NoPathError(GraphError):
 
 
 class LossyPathError(GraphError):
-    """The only paths to the target throw information away; ``lossy_steps`` are their ``(source, target)``."""
+    """The only paths to the target throw information away; ``lossy_steps`` are their ``(source, target)``.
 
-    def __init__(self, source: str, target: str, lossy_steps: Sequence[tuple[str, str]]) -> None:
+    ``culprits``, when given, says per lossy step what made it lossy (its lossy ops, or the
+    file's ``lossy = True``), in the order of ``lossy_steps``.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        target: str,
+        lossy_steps: Sequence[tuple[str, str]],
+        culprits: Sequence[str] | None = None,
+    ) -> None:
         self.source = source
         self.target = target
         self.lossy_steps = tuple(lossy_steps)
-        lossy = ", ".join(f"{s} -> {t}" for s, t in self.lossy_steps)
+        self.culprits = tuple(culprits) if culprits is not None else None
+        whys = self.culprits or ("",) * len(self.lossy_steps)
+        lossy = ", ".join(
+            f"{s} -> {t}" + (f": {why}" if why else "") for (s, t), why in zip(self.lossy_steps, whys, strict=False)
+        )
         super().__init__(
             f"every path from {source} to {target} has a lossy step ({lossy}); pass --allow-lossy to accept it",
         )

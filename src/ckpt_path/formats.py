@@ -50,6 +50,8 @@ _MAX_HEADER = 100 * 1024 * 1024
 """Largest header read or written: the limit of the safetensors library itself."""
 _MAX_SIZE = 2**63 - 1
 """Largest element count or byte size of one tensor (torch's sizes and strides are int64)."""
+_SHOWN = 200
+"""Longest key or name a message shows."""
 _GENERATIONS = 100
 """How many alternative shard names (``PREFIX.N-...``) are tried before giving up."""
 _DTYPES: dict[str, torch.dtype] = {
@@ -98,6 +100,12 @@ def _prefix(index_path: Path) -> str:
     return index_path.name[: -len(INDEX_SUFFIX)] or "model"
 
 
+def _shown(text: object) -> str:
+    """Return a key or file name for a one-line message: quoted, control characters escaped, at most 200 characters."""
+    shown = str(text)
+    return repr(shown if len(shown) <= _SHOWN else shown[:_SHOWN] + "...")
+
+
 # --- reading -------------------------------------------------------------------------------------
 
 
@@ -133,7 +141,9 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int, int]:
     )
     for ((_, end), before), ((begin, _), key) in itertools.pairwise(spans):
         if begin < end:
-            raise UnreadableCheckpointError(name, f"corrupt safetensors header ({key!r} overlaps {before!r})")
+            raise UnreadableCheckpointError(
+                name, f"corrupt safetensors header ({_shown(key)} overlaps {_shown(before)})"
+            )
     return header, start, size
 
 
@@ -145,7 +155,7 @@ def _check_entry(name: str, key: str, entry: object, data_size: int) -> tuple[in
     """Check one tensor's header entry; return its data offsets."""
     dtype = entry.get("dtype") if isinstance(entry, dict) else None
     if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {key!r} (unknown dtype)")
+        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {_shown(key)} (unknown dtype)")
     assert isinstance(entry, dict)  # noqa: S101 - for mypy: dtype came from it
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
     itemsize = _DTYPES[dtype].itemsize
@@ -154,16 +164,18 @@ def _check_entry(name: str, key: str, entry: object, data_size: int) -> tuple[in
         or not all(_is_int(d) and d >= 0 for d in shape)
         or math.prod(max(d, 1) for d in shape) * itemsize > _MAX_SIZE
     ):
-        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {key!r} (bad shape)")
+        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {_shown(key)} (bad shape)")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):  # noqa: PLR2004
-        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {key!r} (bad data_offsets)")
+        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {_shown(key)} (bad data_offsets)")
     begin, end = offsets
     if not 0 <= begin <= end:
-        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {key!r} (bad data_offsets)")
+        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {_shown(key)} (bad data_offsets)")
     if end > data_size:
-        raise UnreadableCheckpointError(name, f"{key!r} points past the end of the file (truncated?)")
+        raise UnreadableCheckpointError(name, f"{_shown(key)} points past the end of the file (truncated?)")
     if end - begin != math.prod(shape) * itemsize:
-        raise UnreadableCheckpointError(name, f"corrupt safetensors header at {key!r} (size does not match shape)")
+        raise UnreadableCheckpointError(
+            name, f"corrupt safetensors header at {_shown(key)} (size does not match shape)"
+        )
     return begin, end
 
 
@@ -200,7 +212,7 @@ def _plain_metadata(metadata: Mapping[str, Any], name: str) -> dict[str, str]:
         try:
             plain[key] = value if isinstance(value, str) else json.dumps(value)
         except RecursionError:
-            raise UnreadableCheckpointError(name, f"the metadata {key!r} is nested too deeply") from None
+            raise UnreadableCheckpointError(name, f"the metadata {_shown(key)} is nested too deeply") from None
     return plain
 
 
@@ -247,7 +259,7 @@ def _check_shard_name(index_path: Path, shard: str) -> Path:
     ):
         raise UnreadableCheckpointError(
             name,
-            f"the index names the shard {shard[:200]!r}, which is not a file in the index's directory; "
+            f"the index names the shard {_shown(shard)}, which is not a file in the index's directory; "
             "shards must lie beside their index",
         )
     return index_path.parent / shard
@@ -257,13 +269,15 @@ def _indexed(name: str, shard: str, tensors: Mapping[str, torch.Tensor], keys: l
     """Return the tensors of ``shard`` the index puts there; refuse when they and the shard disagree."""
     for key in keys:
         if key not in tensors:
-            raise UnreadableCheckpointError(name, f"the index puts {key} in {shard}, which does not hold it")
+            raise UnreadableCheckpointError(
+                name, f"the index puts {_shown(key)} in {_shown(shard)}, which does not hold it"
+            )
     unlisted = sorted(set(tensors) - set(keys))
     if unlisted:
         more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
         raise UnreadableCheckpointError(
             name,
-            f"{shard} holds {unlisted[0]}{more}, which the index does not put there; "
+            f"{_shown(shard)} holds {_shown(unlisted[0])}{more}, which the index does not put there; "
             "add it to the index's weight_map, or remove it from the shard",
         )
     return {key: tensors[key] for key in keys}
@@ -300,7 +314,7 @@ def load_sharded(index_path: str | Path) -> tuple[OrderedDict[str, torch.Tensor]
     largest = 0
     for shard, shard_path in shards.items():
         if not shard_path.is_file():
-            raise UnreadableCheckpointError(name, f"shard {shard} is missing")
+            raise UnreadableCheckpointError(name, f"shard {_shown(shard)} is missing")
         tensors, shard_metadata = load_safetensors(shard_path)
         shared_metadata.update(shard_metadata)
         largest = max(largest, shard_path.stat().st_size)
@@ -350,19 +364,21 @@ def tensor_items(state_dict: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]
     items = []
     for key, value in state_dict.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"safetensors names tensors with strings, but the state dict has the key {key!r}")
+            raise CheckpointError(
+                f"safetensors names tensors with strings, but the state dict has the key {_shown(key)}"
+            )
         if key == "__metadata__":
             raise CheckpointError(
                 "safetensors reserves the name __metadata__ for its metadata, so no tensor may have it; "
                 "a converter must rename that key",
             )
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"safetensors holds only tensors, but {key} is a {type(value).__name__}")
+            raise CheckpointError(f"safetensors holds only tensors, but {_shown(key)} is a {type(value).__name__}")
         if value.dtype not in _NAMES:
-            raise CheckpointError(f"safetensors cannot hold {key}: dtype {value.dtype} has no safetensors name")
+            raise CheckpointError(f"safetensors cannot hold {_shown(key)}: dtype {value.dtype} has no safetensors name")
         problem = unwritable(value, safetensors=True)
         if problem is not None:
-            raise CheckpointError(f"cannot write {key} as safetensors: {problem}")
+            raise CheckpointError(f"cannot write {_shown(key)} as safetensors: {problem}")
         items.append((key, value))
     # Larger elements first, as the reference writer does, so every tensor starts aligned.
     return sorted(items, key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))

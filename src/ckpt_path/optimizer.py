@@ -55,7 +55,28 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ckpt_path.errors import OptimizerStateError, StepError
-from ckpt_path.ops import Add, Cast, Concat, Drop, MoveIndex, Op, Permute, Rename, Reshape, Split
+from ckpt_path.ops import (
+    Add,
+    AddInto,
+    Cast,
+    Concat,
+    Drop,
+    MoveIndex,
+    Op,
+    OpError,
+    Permute,
+    Rename,
+    Reshape,
+    Slice,
+    Split,
+    Squeeze,
+    Stack,
+    Transpose,
+    Unslice,
+    Unsqueeze,
+    Unstack,
+)
+from ckpt_path.shapes import TensorSpec, signature
 
 if TYPE_CHECKING:  # the checkpoint module imports torch; this one does so only when state moves
     from ckpt_path.checkpoint import Checkpoint
@@ -273,33 +294,60 @@ class _Origin:
     """Made by Add, from nothing."""
 
 
-def _trace(ops: Sequence[Op], keys: Sequence[str]) -> dict[str, _Origin] | None:
+def _trace(ops: Sequence[Op], before: Mapping[str, Any]) -> dict[str, _Origin] | None:
     """Follow each key through the ops by name; None when an op is of a kind not known here."""
-    current: dict[str, _Origin] | None = {key: _Origin((key,)) for key in keys}
+    current: dict[str, _Origin] | None = {key: _Origin((key,)) for key in before}
+    sig = signature(before)
     for op in ops:
         if current is None:
             break
-        current = _trace_op(op, current)
+        try:
+            current = _trace_op(op, current, sig)
+            sig = op.predict(sig)
+        except OpError:
+            return None  # the ops did not do what their names say: follow by identity only
     return current
 
 
-def _trace_op(op: Op, current: dict[str, _Origin]) -> dict[str, _Origin] | None:  # noqa: PLR0911 - one return per kind of op
+def _merge(current: dict[str, _Origin], parts: Sequence[str], into: str) -> None:
+    """Record that ``parts`` became ``into``: its sources are theirs, first part first."""
+    merged = [current.pop(p) for p in parts]
+    current[into] = _Origin(tuple(s for o in merged for s in o.sources), merged[0].order, merged[0].added)
+
+
+def _part(current: dict[str, _Origin], key: str, parts: Sequence[str], *, keep: bool = False) -> None:
+    """Record that ``key`` was cut into ``parts`` (in order); with ``keep`` the key stays as well."""
+    origin = current[key] if keep else current.pop(key)
+    for index, part in enumerate(parts, int(keep)):
+        current[part] = _Origin(origin.sources, (*origin.order, index), origin.added)
+
+
+def _trace_op(op: Op, current: dict[str, _Origin], sig: Mapping[str, TensorSpec]) -> dict[str, _Origin] | None:  # noqa: C901, PLR0911, PLR0912 - one branch per kind of op
     names = list(current)
-    if isinstance(op, MoveIndex | Permute | Reshape | Cast):
+    if op.meta or isinstance(op, MoveIndex | Permute | Transpose | Reshape | Squeeze | Unsqueeze | Cast):
         return current
     if isinstance(op, Rename):
-        mapping = op._mapping(names)  # noqa: SLF001 - the op's own matching, so names agree
+        mapping = op.mapping(names)  # the op's own matching, so names agree
         return {mapping.get(k, k): origin for k, origin in current.items()}
-    if isinstance(op, Concat):
-        for parts, into in op._groups(names):  # noqa: SLF001
-            merged = [current.pop(p) for p in parts]
-            current[into] = _Origin(tuple(s for o in merged for s in o.sources), merged[0].order, merged[0].added)
+    if isinstance(op, Concat | Stack):
+        for parts, into in op.groups(names):
+            _merge(current, parts, into)
         return current
     if isinstance(op, Split):
-        for key, parts in op._groups(names):  # noqa: SLF001
-            origin = current.pop(key)
-            for index, part in enumerate(parts):
-                current[part] = _Origin(origin.sources, (*origin.order, index), origin.added)
+        for key, parts in op.groups(names):
+            _part(current, key, parts)
+        return current
+    if isinstance(op, Unstack):
+        for key, parts in op.groups(sig):
+            _part(current, key, parts)
+        return current
+    if isinstance(op, Slice):
+        for key, into in op.groups(names):
+            _part(current, key, [into], keep=True)
+        return current
+    if isinstance(op, Unslice | AddInto):
+        for key, into in op.groups(names):
+            _merge(current, [into, key], into)
         return current
     if isinstance(op, Drop):
         shadow: dict[str, Any] = dict.fromkeys(names)
@@ -660,7 +708,7 @@ def follow_step(
     if not diff.renamed and not diff.gone and not diff.fresh:
         return None
     ops = step.ops
-    trace = _trace(ops, list(before)) if ops is not None else None
+    trace = _trace(ops, before) if ops is not None else None
     if trace is not None and set(trace) != set(after):
         trace = None  # the ops did not do what their names say: follow by identity only
     context = _Context(step, before, after, diff, trace, drop)

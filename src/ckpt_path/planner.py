@@ -107,6 +107,14 @@ class Plan:
         return "\n".join(lines)
 
 
+def _lossy_because(step: Step) -> str:
+    """Say what makes a step lossy: its lossy ops (``Drop(pattern='head.*')``), or its file saying so."""
+    culprits = [repr(op) for op in step.ops or () if op.is_lossy()]
+    if culprits:
+        return f"{', '.join(culprits)} in {step.origin}"
+    return f"{step.origin} says lossy = True"
+
+
 class Planner:
     """Finds plans on a version graph (see :func:`ckpt_path.graph.build_graph`).
 
@@ -198,7 +206,10 @@ class Planner:
             requested_source=requested,
         )
         if plan.lossy and not allow_lossy:
-            raise LossyPathError(str(src), str(tgt), [(str(s.source), str(s.target)) for s in plan.steps if s.lossy])
+            lossy = [s for s in plan.steps if s.lossy]
+            raise LossyPathError(
+                str(src), str(tgt), [(str(s.source), str(s.target)) for s in lossy], [_lossy_because(s) for s in lossy]
+            )
         return plan
 
     def _search(self, s: int, t: int) -> list[Converter] | None:

@@ -16,16 +16,14 @@ data) with the one before. What a step is checked against decides what it is:
 from __future__ import annotations
 
 import dataclasses
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from packaging.version import Version
 
 from ckpt_path import optimizer
+from ckpt_path._converter_code import describe_exception, load_converter_code
 from ckpt_path.checkpoint import Checkpoint, get_state_dict
 from ckpt_path.converters import Converter, FileCode, FunctionCode, MovesCode, OpsCode
 from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError, UnverifiedStepError
@@ -98,28 +96,6 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_converter_code(converter: Converter) -> ModuleType:
-    """Import a converter file (once per file content) and return its module.
-
-    See :mod:`ckpt_path._converter_code`: each converters directory imports its own helpers.
-    """
-    from ckpt_path._converter_code import load_converter_code as load
-
-    return load(converter)
-
-
-def _describe(exc: BaseException, file: str | None) -> str:
-    """``ValueError: message (at converters/x.py:12)``, pointing into the converter file."""
-    line = None
-    if file is not None:
-        for frame in traceback.extract_tb(exc.__traceback__):
-            if Path(frame.filename).resolve() == Path(file).resolve():
-                line = frame.lineno
-    where = f" (at {file}:{line})" if line is not None else ""
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
-
-
 def _code(
     converter: Converter, state_dict_at: tuple[str, ...]
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any] | None]:
@@ -145,14 +121,21 @@ def _unchanged(checkpoint: Any) -> Any:  # noqa: ANN401
 
 
 def _ops_convert(ops: Sequence[Op], state_dict_at: tuple[str, ...]) -> Callable[[Any], Any]:
-    """Turn ops into a convert function that checks each op's result against its prediction."""
+    """Turn ops into a convert function that checks each op's result against its prediction.
+
+    State-dict ops get the state dict; metadata ops (``SetMeta``, ``MoveMeta``, ``DropMeta``)
+    get the whole checkpoint object and where its state dict is, which they never touch.
+    """
 
     def convert(checkpoint: Any) -> Any:  # noqa: ANN401
         state_dict = get_state_dict(checkpoint, state_dict_at)
         for index, op in enumerate(ops, 1):
             try:
                 expected = op.predict(signature(state_dict))
-                op.apply(state_dict)
+                if op.meta:  # hyper-parameters, loop and callback state: the whole checkpoint
+                    op.apply_meta(checkpoint, state_dict_at)
+                else:
+                    op.apply(state_dict)
             except OpError as exc:
                 raise OpError(f"op {index} {op!r}: {exc}") from None
             got = signature(state_dict)
@@ -298,9 +281,10 @@ def _call(
         raise
     except (Exception, SystemExit) as exc:
         # A converter that calls sys.exit() fails the step like any other; Ctrl-C still stops.
+        said = describe_exception(exc, converter.file)
         if dry_run and (converter.ops is None or when is not None):
-            raise _Unpredictable(f"its code needs real tensor data ({_describe(exc, converter.file)})") from None
-        raise StepError(str(step.source), str(step.target), converter.origin, _describe(exc, converter.file)) from exc
+            raise _Unpredictable(f"its code needs real tensor data ({said})") from None
+        raise StepError(str(step.source), str(step.target), converter.origin, said) from exc
 
 
 def _refuse_meta(state_dict: Mapping[str, Any], step: Step) -> None:

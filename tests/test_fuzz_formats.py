@@ -37,8 +37,8 @@ CONVERTERS = ROOT / "converters"
 """The example history; only read."""
 
 VERSION = "0.1.0"
-CASES = 24
-"""Cases per format: 96 in all, each read three ways, within a few seconds."""
+CASES = 40
+"""Cases per format: 160 in all, each read three ways, in a few seconds (6000 were tried once; see below)."""
 
 FORMATS = ("safetensors", "sharded", "torch", "torch-legacy")
 ENTRY = {
@@ -49,8 +49,13 @@ ENTRY = {
 }
 """The file each format is read through."""
 
-KNOWN_TRACEBACKS: dict[tuple[str, int], str] = {}
-"""Cases that still end in a traceback outside this issue's files, marked xfail(strict) with the reason."""
+REGRESSIONS: dict[tuple[str, int], str] = {
+    ("torch", 313): (
+        "a flipped byte makes a top-level key 'state\\x0bdict'; the vertical tab split the one error line "
+        "until the command line escaped control characters in its messages"
+    ),
+}
+"""Cases beyond range(CASES), found by a longer run, kept because they once failed."""
 
 
 HOSTILE_VALUES = (
@@ -222,12 +227,10 @@ def damage(fmt: str, case: int, files: dict[str, bytes]) -> Damage:
 
 
 def case_params() -> Iterator[object]:
-    """Yield one pytest param per (format, case), xfail where a known traceback remains."""
+    """Yield one pytest param per (format, case), the regressions included."""
     for fmt in FORMATS:
-        for case in range(CASES):
-            reason = KNOWN_TRACEBACKS.get((fmt, case))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(fmt, case, id=f"{fmt}-{case}", marks=marks)
+        for case in sorted({*range(CASES), *(c for f, c in REGRESSIONS if f == fmt)}):
+            yield pytest.param(fmt, case, id=f"{fmt}-{case}")
 
 
 def assert_success_or_one_error(result: Result, what: str) -> None:

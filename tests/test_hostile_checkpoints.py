@@ -297,3 +297,15 @@ def test_convert_without_an_output_is_a_usage_error(tmp_path, converters):
     result = cli("convert", path, "--converters", converters)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == ["error: convert needs an output path (-o OUTPUT), or --dry-run"]
+
+
+def test_stamp_to_another_output_never_touches_the_input(tmp_path):
+    """`stamp -o` writing a layout whose shard would replace the input is refused; the input stays."""
+    from safetensors.torch import save_file
+
+    source = tmp_path / "model-00001-of-00001.safetensors"
+    save_file({"w": torch.ones(2)}, str(source))
+    before = source.read_bytes()
+    line = one_error(cli("stamp", source, "1.0.0", "-o", tmp_path / "model.safetensors.index.json", "--force"))
+    assert "a file of the input" in line
+    assert source.read_bytes() == before

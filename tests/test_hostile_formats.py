@@ -341,6 +341,30 @@ def test_index_naming_a_shard_outside_its_directory_is_refused_before_any_read(t
     assert read == []
 
 
+def test_a_hugging_face_cache_snapshot_still_loads(tmp_path):
+    """A hub cache layout (snapshot files linked into the repo's blobs/) loads; a link elsewhere does not."""
+    repo = tmp_path / "models--org--name"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "0123abc"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for number, value in ((1, 1.0), (2, 2.0)):
+        blob = blobs / f"sha{number}"
+        save_file({f"w{number}": torch.full((2,), value)}, str(blob))
+        (snapshot / f"model-0000{number}-of-00002.safetensors").symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    index_blob = blobs / "index"
+    weight_map = {"w1": "model-00001-of-00002.safetensors", "w2": "model-00002-of-00002.safetensors"}
+    index_blob.write_text(json.dumps({"weight_map": weight_map}))
+    (snapshot / "model.safetensors.index.json").symlink_to(Path("..") / ".." / "blobs" / "index")
+    loaded = load_checkpoint(snapshot / "model.safetensors.index.json").state_dict
+    assert_same_tensors(loaded, {"w1": torch.full((2,), 1.0), "w2": torch.full((2,), 2.0)})
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    save_file({"w2": torch.zeros(2)}, str(elsewhere))
+    (snapshot / "model-00002-of-00002.safetensors").unlink()
+    (snapshot / "model-00002-of-00002.safetensors").symlink_to(elsewhere)
+    with pytest.raises(UnreadableCheckpointError, match="index's directory"):
+        load_checkpoint(snapshot / "model.safetensors.index.json")
+
+
 # --- 5. values as they are, and the reserved name --------------------------------------------------
 
 

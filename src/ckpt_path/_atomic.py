@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-__all__ = ["STALE_AFTER", "TEMP_MARK", "Transaction", "check_target", "temporary_pattern"]
+__all__ = ["STALE_AFTER", "TEMP_MARK", "Transaction", "check_target", "remove_stale_temporaries", "temporary_pattern"]
 
 TEMP_MARK = ".ckpt-path-"
 """Between a target's name and mkstemp's random part: ``.out.ckpt.ckpt-path-a1b2c3d4.tmp``."""

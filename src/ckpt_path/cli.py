@@ -7,6 +7,7 @@ the commands that need them, so ``ckpt-path plan`` starts quickly.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,9 +91,17 @@ def _settle_imports() -> None:
     gc.freeze()
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _one_line(message: str) -> str:
+    """Escape control characters (a key from a damaged file may hold a newline or a tab)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {_one_line(message)}", err=True)
+    raise typer.Exit(code)
 
 
 @contextmanager
@@ -101,8 +110,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except UsageError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc), 2)
     except CkptPathError as exc:
         _fail(str(exc))
 
@@ -337,7 +345,7 @@ def convert(
         finally:
             progress.close()
     for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"warning: {_one_line(warning)}", err=True)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -471,7 +479,7 @@ def inspect_command(
         return
     typer.echo(_describe_inspection(info))
     for warning in info.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"warning: {_one_line(warning)}", err=True)
 
 
 def _describe_inspection(info: Inspection) -> str:
@@ -649,7 +657,7 @@ def check(converters: ConvertersOption = None) -> None:
         findings = check_directory(converters)
     problems = [f for f in findings if f.problem]
     for finding in findings:
-        typer.echo(("error: " if finding.problem else "note: ") + str(finding), err=finding.problem)
+        typer.echo(("error: " if finding.problem else "note: ") + _one_line(str(finding)), err=finding.problem)
     if problems:
         typer.echo(f"{len(problems)} problem(s)", err=True)
         raise typer.Exit(1)

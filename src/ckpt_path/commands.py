@@ -410,6 +410,7 @@ def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`
         state_dict_path=checkpoint.state_dict_at,
         metadata=checkpoint.metadata,
         shard_size=checkpoint.shard_size,
+        protect=() if in_place else checkpoint.files,  # in place replaces its own files, nothing else
     )
 
 

@@ -248,6 +248,19 @@ def load_safetensors(path: str | Path) -> tuple[OrderedDict[str, torch.Tensor], 
     return state_dict, _plain_metadata(metadata, str(path))
 
 
+def _lies_beside(index_path: Path, shard: str) -> bool:
+    """Whether the shard is a file of the index's directory, or a Hugging Face cache blob linked from it.
+
+    A hub cache keeps ``REPO/snapshots/REVISION/<file>`` as links into ``REPO/blobs/``; that and
+    only that leads out of the index's directory.
+    """
+    real = Path(os.path.realpath(index_path.parent / shard)).parent
+    if real == Path(os.path.realpath(index_path.parent)):
+        return True
+    snapshot = index_path.parent
+    return snapshot.parent.name == "snapshots" and real == Path(os.path.realpath(snapshot.parent.parent / "blobs"))
+
+
 def _check_shard_name(index_path: Path, shard: str) -> Path:
     """Return the path of a shard the index names; refuse anything but a file in the index's directory."""
     name = str(index_path)
@@ -255,7 +268,7 @@ def _check_shard_name(index_path: Path, shard: str) -> Path:
         shard in {"", ".", ".."}
         or any(c in shard for c in "/\\\0")
         or Path(shard).is_absolute()
-        or Path(os.path.realpath(index_path.parent / shard)).parent != Path(os.path.realpath(index_path.parent))
+        or not _lies_beside(index_path, shard)
     ):
         raise UnreadableCheckpointError(
             name,

@@ -12,15 +12,17 @@ checkpoint:
   with separate ``processor.q_proj``, ``k_proj``, ``v_proj`` and ``out_proj``, and
   ``output_map = Linear(H, F)``. Features in the order of ``FEATURES["0.1.0"]``.
 - **0.2.0** the grid MLP is the bare Linear (keys ``g2m_gnn.grid_mlp.*``); the SiLU moved
-  into ``forward``. Converter 001.
+  into ``forward``. Converter ``001_rename_grid_mlp`` (a convert function, upgrade only).
 - **0.3.0** msl moved from position 3 to position 1 of the features, for input and output
-  alike: the embedder's weight columns and the output map's rows and bias move. Converters
-  002 and 003.
+  alike: the embedder's weight columns and the output map's rows and bias move.
+  ``002_move_msl`` (ops, reversible: the downgrade is its inverse).
 - **1.0.0** q, k and v are fused into ``processor.qkv_proj = Linear(H, 3 H)``, split in
-  that order in ``forward``. Converters 004 and 005.
-- **1.0.0+lam** (branch lam) ``output_map`` is called ``head``. Converters 006 and 010.
+  that order in ``forward``. ``003_fuse_qkv`` (ops, reversible).
+- **1.0.0+lam** (branch lam) ``output_map`` is called ``head``. ``004_lam_head`` (ops,
+  reversible) and ``005_lam_to_1_1`` (merging the branch into 1.1.0).
 - **1.1.0** a learnable ``output_scale`` of shape [F], ones at init, multiplies the output
-  map. Converters 007, 008 and 009 (which drops a trained scale, so it is lossy).
+  map. ``006_output_scale`` (ops, reversible; the way back drops a trained scale, so it is
+  lossy).
 
 Models take and return tensors [batch, nodes, F] whose last dimension follows the version's
 feature order. :func:`arrange` and :func:`disarrange` translate between that layout and

@@ -229,22 +229,47 @@ def _flip_in_record(path: Path, suffix: str) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("command", ["convert", "stamp"])
-def test_a_flipped_byte_in_a_tensor_record_is_never_laundered(tmp_path, converters, command):
-    """A tensor record whose bytes do not match their CRC-32 is refused; no output gets fresh valid CRCs."""
+MOVE_W = (
+    'source = "1.0.0"\ntarget = "1.1.0"\nfrom ckpt_path.ops import MoveIndex\n'
+    'ops = [MoveIndex("w", dim=0, index=3, to=1)]\n'
+)
+CODE_W = 'source = "1.0.0"\ntarget = "1.1.0"\ntouches = []\n\n\ndef convert(ckpt):\n    return ckpt\n'
+
+
+def _damaged(tmp_path: Path) -> Path:
     path = tmp_path / "in.ckpt"
     torch.save({"state_dict": {"w": torch.arange(64.0)}, "ckpt_path": {"version": "1.0.0"}}, path)
     _flip_in_record(path, "/data/0")
+    return path
+
+
+@pytest.mark.parametrize("converter", [MOVE_W, CODE_W], ids=["an op reads it", "code may read it"])
+def test_a_flipped_byte_in_a_record_that_is_read_is_refused(tmp_path, converter):
+    """A record whose bytes are read (an op computes from it, or code ran) must match its CRC-32, else no output."""
+    converters = tmp_path / "converters"
+    converters.mkdir()
+    (converters / "001_step.py").write_text(converter, encoding="utf-8")
+    out = tmp_path / "o.ckpt"
+    line = one_error(cli("convert", _damaged(tmp_path), "-o", out, "--converters", converters))
+    assert "record" in line
+    assert "CRC-32 does not match" in line
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("command", ["convert", "stamp"])
+def test_a_flipped_byte_in_a_record_copied_unread_keeps_its_crc(tmp_path, converters, command):
+    """A record copied unread (a rename, a restamp) keeps the CRC it came with: the damage stays detectable."""
+    path = _damaged(tmp_path)
     out = tmp_path / "o.ckpt"
     args = (
         ("convert", path, "-o", out, "--converters", converters)
         if command == "convert"
         else ("stamp", path, "1.0.0", "-o", out)
     )
-    line = one_error(cli(*args))
-    assert "record" in line
-    assert "CRC-32 does not match" in line
-    assert not out.exists()
+    assert cli(*args).exit_code == 0
+    with zipfile.ZipFile(out) as archive:
+        assert (archive.testzip() or "").endswith("/data/0")
 
 
 def test_a_damaged_zip_directory_is_one_error(tmp_path):

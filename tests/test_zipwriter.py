@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckpt_path._zipwriter import InputRecords, save_torch_zip
+from ckpt_path._ranges import InputRecords
+from ckpt_path._zipwriter import save_torch_zip
 
 DTYPES = [
     torch.float64,
@@ -92,7 +93,7 @@ def test_unchanged_records_are_copied_and_keep_their_crc(tmp_path):
     path, tensors = _source(tmp_path)
     loaded = torch.load(path, weights_only=True, mmap=True)
     loaded["state_dict"] = {f"new.{k}": v for k, v in loaded["state_dict"].items()}
-    report = _write(loaded, tmp_path / "out.ckpt", inputs=InputRecords(path))
+    report = _write(loaded, tmp_path / "out.ckpt", inputs=[InputRecords.torch_zip(path)])
     assert len(report.copied) == 4  # type: ignore[attr-defined]
     assert report.copied_bytes == sum(t.nbytes for t in tensors.values())  # type: ignore[attr-defined]
     with zipfile.ZipFile(path) as old, zipfile.ZipFile(tmp_path / "out.ckpt") as new:
@@ -109,7 +110,7 @@ def test_a_computed_tensor_is_written_and_the_rest_copied(tmp_path):
     path, tensors = _source(tmp_path)
     loaded = torch.load(path, weights_only=True, mmap=True)
     loaded["state_dict"]["w0"] = loaded["state_dict"]["w0"].flip(0)
-    report = _write(loaded, tmp_path / "out.ckpt", inputs=InputRecords(path))
+    report = _write(loaded, tmp_path / "out.ckpt", inputs=[InputRecords.torch_zip(path)])
     assert len(report.copied) == 3  # type: ignore[attr-defined]
     expected = {**tensors, "w0": tensors["w0"].flip(0)}
     got = torch.load(tmp_path / "out.ckpt", weights_only=True)
@@ -121,7 +122,7 @@ def test_memory_changed_in_place_is_written_not_copied_unless_trusted(tmp_path):
     path, tensors = _source(tmp_path)
     loaded = torch.load(path, weights_only=True, mmap=True)
     loaded["state_dict"]["w1"][3:5].mul_(2)
-    report = _write(loaded, tmp_path / "out.ckpt", inputs=InputRecords(path), trust_memory=False)
+    report = _write(loaded, tmp_path / "out.ckpt", inputs=[InputRecords.torch_zip(path)], trust_memory=False)
     assert len(report.copied) == 3  # type: ignore[attr-defined]
     expected = dict(tensors)
     expected["w1"] = tensors["w1"].clone()
@@ -138,11 +139,11 @@ def test_a_compressed_input_record_is_written_not_copied(tmp_path):
         for info in old.infolist():
             kind = zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED
             new.writestr(info.filename, old.read(info), compress_type=kind)
-    assert InputRecords(packed).by_offset == {
-        k: v for k, v in InputRecords(packed).by_offset.items() if "/data/" not in v.name
+    assert InputRecords.torch_zip(packed).by_offset == {
+        k: v for k, v in InputRecords.torch_zip(packed).by_offset.items() if "/data/" not in v.name
     }
     loaded = torch.load(path, weights_only=True, mmap=True)
-    report = _write(loaded, tmp_path / "out.ckpt", inputs=InputRecords(packed))
+    report = _write(loaded, tmp_path / "out.ckpt", inputs=[InputRecords.torch_zip(packed)])
     assert report.copied == ()  # type: ignore[attr-defined]
     got = torch.load(tmp_path / "out.ckpt", weights_only=True)
     assert all(_same(got["state_dict"][k], v) for k, v in tensors.items())

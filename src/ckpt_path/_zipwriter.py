@@ -24,24 +24,23 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import errno
 import os
 import pickle
 import secrets
 import struct
-import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["InputRecords", "save_torch_zip"]
+from ckpt_path._ranges import CHUNK, InputRecord, InputRecords, copy_range
+
+__all__ = ["ZipReport", "save_torch_zip"]
 
 ALIGNMENT = 64
 """Where record data starts, as torch writes it (``torch.load(mmap=True)`` relies on it)."""
-_CHUNK = 64 * 1024 * 1024
 _ZIP64_LIMIT = 0xFFFFFFFF
 _PAD_ID = 0x4246  # "FB": the extra field torch pads with
 _ZIP64_ID = 0x0001
@@ -59,77 +58,6 @@ class _Record:
     crc: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class InputRecord:
-    """A stored record of the input file: where its data lies, how long, its CRC-32."""
-
-    name: str
-    data_offset: int
-    size: int
-    crc: int
-
-
-class InputRecords:
-    """The stored records of a torch zip input, and which in-memory storages are views of them.
-
-    A storage counts as a view of a record when its memory lies in a mapping of the input file
-    (read from ``/proc/self/maps``) exactly at the record's data, with the record's size.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        stat = path.stat()
-        self._identity = (stat.st_dev, stat.st_ino)
-        self.by_offset: dict[int, InputRecord] = {}
-        with zipfile.ZipFile(path) as archive, path.open("rb") as raw:
-            for info in archive.infolist():
-                if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
-                    continue
-                raw.seek(info.header_offset)
-                header = raw.read(30)
-                if len(header) < 30 or header[:4] != b"PK\x03\x04":  # noqa: PLR2004 - the fixed part
-                    continue
-                name_len, extra_len = struct.unpack("<HH", header[26:30])
-                start = info.header_offset + 30 + name_len + extra_len
-                self.by_offset[start] = InputRecord(
-                    name=info.filename, data_offset=start, size=info.file_size, crc=info.CRC
-                )
-        self._regions = self._mapped_regions()
-
-    def _mapped_regions(self) -> list[tuple[int, int, int]]:
-        """Return ``(start, end, file offset)`` of every mapping of the input file in this process."""
-        regions = []
-        try:
-            lines = Path("/proc/self/maps").read_text(encoding="utf-8").splitlines()
-        except OSError:
-            return []
-        for line in lines:
-            parts = line.split(maxsplit=5)
-            if len(parts) < 5:  # noqa: PLR2004 - address, perms, offset, dev, inode
-                continue
-            span, _perms, offset, dev, inode = parts[:5]
-            try:
-                major, minor = (int(x, 16) for x in dev.split(":"))
-                if (os.makedev(major, minor), int(inode)) != self._identity:
-                    continue
-                start, end = (int(x, 16) for x in span.split("-"))
-                regions.append((start, end, int(offset, 16)))
-            except ValueError:
-                continue
-        return regions
-
-    def find(self, storage: torch.UntypedStorage) -> InputRecord | None:
-        """Return the input record ``storage`` is an unchanged-layout view of, or None."""
-        if storage.device.type != "cpu" or not self._regions:
-            return None
-        pointer, nbytes = storage.data_ptr(), storage.nbytes()
-        for start, end, offset in self._regions:
-            if start <= pointer < end:
-                record = self.by_offset.get(pointer - start + offset)
-                return record if record is not None and record.size == nbytes else None
-        return None
-
-
 class _Writer:
     """What ``torch.serialization._save`` writes records into; we write the zip ourselves."""
 
@@ -138,7 +66,7 @@ class _Writer:
         fd: int,
         start: int,
         *,
-        inputs: InputRecords | None,
+        inputs: Sequence[InputRecords],
         trust_memory: bool,
         progress: Progress | None,
         total: int,
@@ -155,7 +83,7 @@ class _Writer:
         self.copied: list[InputRecord] = []
         self.copied_bytes = 0
         self.written_bytes = 0
-        self._source_fd: int | None = None
+        self._source_fds: dict[Path, int] = {}
 
     # --- the interface torch.serialization._save uses --------------------------------------
 
@@ -167,10 +95,14 @@ class _Writer:
         if isinstance(data, bytes | bytearray):
             self._write_memory(full, memoryview(data), nbytes)
             return
-        source = self.inputs.find(data) if self.inputs is not None else None
-        if source is not None and (self.trust_memory or _crc_of_storage(data) == source.crc):
-            self._copy_record(full, source)
-            return
+        for inputs in self.inputs:
+            source = inputs.find(data)
+            if source is not None:
+                crc = inputs.crc(source)
+                if self.trust_memory or _crc_of_storage(data) == crc:
+                    self._copy_record(full, inputs.path, source, crc)
+                    return
+                break
         self._write_memory(full, _storage_view(data, nbytes), nbytes)
 
     def write_record_metadata(self, name: str, nbytes: int) -> None:
@@ -216,22 +148,21 @@ class _Writer:
 
     def _write_memory(self, name: str, view: memoryview, nbytes: int) -> None:
         crc = 0
-        for offset in range(0, nbytes, _CHUNK):
-            crc = zlib.crc32(view[offset : offset + _CHUNK], crc)
+        for offset in range(0, nbytes, CHUNK):
+            crc = zlib.crc32(view[offset : offset + CHUNK], crc)
         self.records.append(_Record(name=name, offset=self.position, size=nbytes, crc=crc))
         self._put(self._header(name, nbytes, crc))
-        for offset in range(0, nbytes, _CHUNK):
-            self._put(view[offset : offset + _CHUNK])
-            self._advance(min(_CHUNK, nbytes - offset))
+        for offset in range(0, nbytes, CHUNK):
+            self._put(view[offset : offset + CHUNK])
+            self._advance(min(CHUNK, nbytes - offset))
         self.written_bytes += nbytes
 
-    def _copy_record(self, name: str, source: InputRecord) -> None:
-        assert self.inputs is not None  # noqa: S101 - a source comes from the inputs
-        if self._source_fd is None:
-            self._source_fd = os.open(self.inputs.path, os.O_RDONLY)
-        self.records.append(_Record(name=name, offset=self.position, size=source.size, crc=source.crc))
-        self._put(self._header(name, source.size, source.crc))
-        _copy_range(self._source_fd, source.data_offset, self.fd, self.position, source.size, self._advance)
+    def _copy_record(self, name: str, path: Path, source: InputRecord, crc: int) -> None:
+        if path not in self._source_fds:
+            self._source_fds[path] = os.open(path, os.O_RDONLY)
+        self.records.append(_Record(name=name, offset=self.position, size=source.size, crc=crc))
+        self._put(self._header(name, source.size, crc))
+        copy_range(self._source_fds[path], source.data_offset, self.fd, self.position, source.size, self._advance)
         self.position += source.size
         self.copied.append(source)
         self.copied_bytes += source.size
@@ -282,9 +213,9 @@ class _Writer:
                 0,
             )
         )
-        if self._source_fd is not None:
-            os.close(self._source_fd)
-            self._source_fd = None
+        for fd in self._source_fds.values():
+            os.close(fd)
+        self._source_fds.clear()
         return self.position
 
 
@@ -332,39 +263,9 @@ def _storage_view(storage: torch.UntypedStorage, nbytes: int) -> memoryview:
 def _crc_of_storage(storage: torch.UntypedStorage) -> int:
     view = _storage_view(storage, storage.nbytes())
     crc = 0
-    for offset in range(0, len(view), _CHUNK):
-        crc = zlib.crc32(view[offset : offset + _CHUNK], crc)
+    for offset in range(0, len(view), CHUNK):
+        crc = zlib.crc32(view[offset : offset + CHUNK], crc)
     return crc
-
-
-def _copy_range(  # noqa: PLR0913, PLR0917 - a source range, a target position, and progress
-    source: int, offset: int, target: int, at: int, count: int, advance: Callable[[int], None]
-) -> None:
-    """Copy ``count`` bytes kernel-side where the kernel can; with reads and writes where it cannot."""
-    done = 0
-    kernel = hasattr(os, "copy_file_range")
-    while done < count:
-        step = min(_CHUNK, count - done)
-        copied = 0
-        if kernel:
-            try:
-                copied = os.copy_file_range(source, target, step, offset + done, at + done)
-            except OSError as exc:
-                if exc.errno not in {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}:
-                    raise
-                kernel = False
-        if not copied:
-            data = os.pread(source, step, offset + done)
-            if not data:
-                msg = "the input ended before the record did"
-                raise OSError(errno.EIO, msg)
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(target, view, at + done + (len(data) - len(view)))
-                view = view[written:]
-            copied = len(data)
-        done += copied
-        advance(copied)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -380,7 +281,7 @@ def save_torch_zip(  # noqa: PLR0913 - what a save needs
     obj: object,
     handle: BinaryIO,
     *,
-    inputs: InputRecords | None = None,
+    inputs: Sequence[InputRecords] = (),
     trust_memory: bool = True,
     progress: Progress | None = None,
     total: int = 0,

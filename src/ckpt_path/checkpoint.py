@@ -18,7 +18,7 @@ import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -27,6 +27,8 @@ from typing import Any
 import torch
 
 from ckpt_path import _atomic, formats
+from ckpt_path._ranges import InputRecord, InputRecords
+from ckpt_path._zipwriter import save_torch_zip
 from ckpt_path.errors import (
     CheckpointError,
     OutputExistsError,
@@ -391,19 +393,28 @@ def _check_pickle_record(path: Path) -> None:
 def verify_records(checkpoint: Checkpoint) -> None:
     """Check every record of a torch zip input against its CRC-32 (the bytes are mapped, not copied).
 
-    A conversion reads every byte it writes, and a fresh file would carry fresh CRCs: a record
-    corrupted in transit must be refused here, not laundered into a file that looks valid.
+    A conversion that may have read every byte (a ``convert`` function ran) checks them all
+    before writing; one of ops alone checks, after writing, only the records it read (see
+    :func:`write_checkpoint`). A record corrupted in transit is refused, never laundered into a
+    file with a fresh, valid CRC.
     """
-    if checkpoint.format != "torch" or checkpoint.file is None:
-        return
-    name = str(checkpoint.file)
+    if checkpoint.format == "torch" and checkpoint.file is not None:
+        _verify(checkpoint.file, lambda _start: True)
+
+
+def _verify(path: Path, wanted: Callable[[int], bool]) -> None:
+    """Check the CRC-32 of each record whose data starts where ``wanted`` says."""
+    name = str(path)
     try:
-        with zipfile.ZipFile(checkpoint.file) as archive, checkpoint.file.open("rb") as raw:
+        with zipfile.ZipFile(path) as archive, path.open("rb") as raw:
             if os.fstat(raw.fileno()).st_size == 0:
                 return
             with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 for record in archive.infolist():
-                    if not _record_intact(mapped, record):
+                    start = _data_start(mapped, record)
+                    if start is not None and not wanted(start):
+                        continue
+                    if start is None or not _record_intact(mapped, record, start):
                         raise UnreadableCheckpointError(
                             name,
                             f"record {record.filename} is damaged (its CRC-32 does not match its bytes); the "
@@ -413,13 +424,14 @@ def verify_records(checkpoint: Checkpoint) -> None:
         raise UnreadableCheckpointError(name, f"damaged zip archive ({exc})") from None
 
 
-def _record_intact(mapped: mmap.mmap, record: zipfile.ZipInfo) -> bool:
+def _data_start(mapped: mmap.mmap, record: zipfile.ZipInfo) -> int | None:
     header = mapped[record.header_offset : record.header_offset + 30]
     if len(header) < 30 or header[:4] != b"PK\x03\x04":  # noqa: PLR2004 - a local file header's fixed part
-        return False
-    start = (
-        record.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
-    )
+        return None
+    return record.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+
+
+def _record_intact(mapped: mmap.mmap, record: zipfile.ZipInfo, start: int) -> bool:
     view = memoryview(mapped)
     try:
         data = view[start : start + record.compress_size]
@@ -571,6 +583,20 @@ def _to_write(obj: Any, path: Path, state_dict_path: Sequence[str], *, state_dic
     return obj
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Written:
+    """Where a checkpoint was written, and how many of its tensor bytes were copied or written.
+
+    ``copied_bytes`` came from the input file as they were (kernel-side, never through Python);
+    ``written_bytes`` were written from memory (tensors a step computed, or every tensor when
+    nothing could be copied).
+    """
+
+    path: Path
+    copied_bytes: int
+    written_bytes: int
+
+
 def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
     obj: object,
     path: str | Path,
@@ -582,7 +608,39 @@ def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
     shard_size: int | None = None,
     progress: formats.Progress | None = None,
     protect: Iterable[str | os.PathLike[str]] = (),
+    source: Checkpoint | None = None,
+    trust_memory: bool = False,
 ) -> Path:
+    """Save a checkpoint atomically; see :func:`write_checkpoint`, which also says what was copied."""
+    return write_checkpoint(
+        obj,
+        path,
+        force=force,
+        state_dict_path=state_dict_path,
+        state_dict_only=state_dict_only,
+        metadata=metadata,
+        shard_size=shard_size,
+        progress=progress,
+        protect=protect,
+        source=source,
+        trust_memory=trust_memory,
+    ).path
+
+
+def write_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
+    obj: object,
+    path: str | Path,
+    *,
+    force: bool = False,
+    state_dict_path: Sequence[str] = (),
+    state_dict_only: bool = False,
+    metadata: Mapping[str, str] | None = None,
+    shard_size: int | None = None,
+    progress: formats.Progress | None = None,
+    protect: Iterable[str | os.PathLike[str]] = (),
+    source: Checkpoint | None = None,
+    trust_memory: bool = False,
+) -> Written:
     """Save a checkpoint atomically, in the format its extension names (in any case).
 
     ``.safetensors`` writes one safetensors file and ``.safetensors.index.json`` a sharded
@@ -600,6 +658,13 @@ def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
     refused with :class:`InputOverwriteError` before anything is written. Tensors that cannot
     be written with their values (meta tensors anywhere; for safetensors also sparse, nested
     or non-CPU ones) are refused by key, before anything is written.
+
+    ``source`` is the checkpoint the object was loaded from: every tensor that is still an
+    unchanged view of its file is copied from that file kernel-side instead of being written
+    through Python (torch zip records keep their CRC-32). ``trust_memory`` says only ops ran
+    since loading (they make new tensors and never write into the input's mapping); otherwise a
+    tensor's memory must match the input's CRC-32 to be copied. A torch zip input's records that
+    were read rather than copied are checked against their CRC-32 before the output is placed.
     """
     path = Path(path)
     _check_output(path, force=force)
@@ -610,9 +675,21 @@ def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
         directory.mkdir(parents=True)  # a sharded layout is a directory of its own
     if not directory.is_dir():
         raise SaveError(str(path), f"directory {directory} does not exist")
+    inputs = _input_ranges(source)
     try:
         with _atomic.Transaction(force=force, protect=protect) as transaction:
-            _write(transaction, obj, path, metadata=metadata, shard_size=shard_size, progress=progress)
+            tally = _write(
+                transaction,
+                obj,
+                path,
+                metadata=metadata,
+                shard_size=shard_size,
+                progress=progress,
+                inputs=inputs,
+                trust_memory=trust_memory,
+            )
+            if source is not None and source.format == "torch":
+                _verify_read_records(source, tally.copied)
     except BaseException as exc:
         if created:
             with contextlib.suppress(OSError):
@@ -620,7 +697,38 @@ def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
         if isinstance(exc, pickle.PicklingError | AttributeError | TypeError | OSError | RuntimeError):
             raise _save_error(path, exc) from exc
         raise
-    return path
+    return Written(path=path, copied_bytes=tally.copied_bytes, written_bytes=tally.written_bytes)
+
+
+@dataclass(slots=True)
+class _Tally:
+    copied_bytes: int = 0
+    written_bytes: int = 0
+    copied: tuple[InputRecord, ...] = ()
+
+
+def _input_ranges(source: Checkpoint | None) -> list[InputRecords]:
+    """Return the byte ranges of the input's files that still hold tensors, to copy them as they are."""
+    if source is None or source.file is None:
+        return []
+    try:
+        if source.format == "torch":
+            return [InputRecords.torch_zip(source.file)]
+        if source.format == "safetensors":
+            return [formats.input_ranges(source.file)]
+        if source.format == "safetensors-sharded":
+            return [formats.input_ranges(shard) for shard in source.files[1:]]
+    except (OSError, *_ZIP_ERRORS, CheckpointError):
+        return []  # the input changed under us: write everything from memory
+    return []
+
+
+def _verify_read_records(source: Checkpoint, copied: Sequence[InputRecord]) -> None:
+    """Check the CRC-32 of every record of a torch zip input that was read, not copied as it was."""
+    if source.file is None:
+        return
+    skip = {record.data_offset for record in copied}
+    _verify(source.file, lambda start: start not in skip)
 
 
 def _write(  # noqa: PLR0913 - what a format needs to be written
@@ -631,7 +739,9 @@ def _write(  # noqa: PLR0913 - what a format needs to be written
     metadata: Mapping[str, str] | None,
     shard_size: int | None,
     progress: formats.Progress | None,
-) -> None:
+    inputs: Sequence[InputRecords] = (),
+    trust_memory: bool = False,
+) -> _Tally:
     """Write ``obj`` in the format ``path`` names, into the transaction's temporary files."""
     if formats.is_sharded(path):
         replaced = formats.layout_files(path)
@@ -641,6 +751,7 @@ def _write(  # noqa: PLR0913 - what a format needs to be written
         for stale in replaced:  # the layout this one replaces: removed once the new index is in place
             transaction.remove(stale)
         transaction.clean_stale(path.parent, formats.shard_pattern(path))
+        copied = formats.Copied()
         formats.save_sharded(
             obj,
             path,
@@ -648,10 +759,17 @@ def _write(  # noqa: PLR0913 - what a format needs to be written
             shard_size=shard_size or DEFAULT_SHARD_SIZE,
             metadata=metadata,
             progress=progress,
+            inputs=inputs,
+            tally=copied,
         )
-    elif formats.is_safetensors(path):
+        return _Tally(copied_bytes=copied.copied_bytes, written_bytes=copied.written_bytes)
+    if formats.is_safetensors(path):
+        copied = formats.Copied()
         with transaction.open(path) as handle:
-            formats.save_safetensors(obj, handle, metadata, progress)
-    else:
-        with transaction.open(path) as handle, formats.counting(handle, progress, _tensor_bytes(obj)) as out:
-            torch.save(obj, out)
+            formats.save_safetensors(obj, handle, metadata, progress, inputs=inputs, tally=copied)
+        return _Tally(copied_bytes=copied.copied_bytes, written_bytes=copied.written_bytes)
+    with transaction.open(path) as handle:
+        report = save_torch_zip(
+            obj, handle, inputs=inputs, trust_memory=trust_memory, progress=progress, total=_tensor_bytes(obj)
+        )
+    return _Tally(copied_bytes=report.copied_bytes, written_bytes=report.written_bytes, copied=report.copied)

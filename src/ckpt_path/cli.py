@@ -353,10 +353,15 @@ def convert(
 
 
 def _print_conversion(result: ConvertResult) -> None:
-    plan_ = result.plan
+    plan = result.plan
     where = "dry run, nothing written" if result.dry_run else f"written to {result.output}"
-    typer.echo(f"{result.input}: {plan_.source} -> {plan_.target} in {len(result.steps)} step(s); {where}")
+    typer.echo(f"{result.input}: {plan.source} -> {plan.target} in {len(result.steps)} step(s); {where}")
     _print_reports(result.steps, shown=None if result.dry_run else 8)
+    copied, written = _human_bytes(result.copied_bytes), _human_bytes(result.written_bytes)
+    if result.dry_run:
+        typer.echo(f"  tensors: {copied} unchanged (copied as they are where the formats allow), {written} computed")
+    else:
+        typer.echo(f"  tensors: {copied} copied from the input as they were, {written} written")
     unverified = [r for r in result.steps if r.predicted and not r.verified]
     if unverified:
         typer.echo(

@@ -27,12 +27,14 @@ import os
 import re
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from ckpt_path._ranges import InputRecord, InputRecords, copy_range
 from ckpt_path.errors import CheckpointError, UnreadableCheckpointError
 
 __all__ = [
@@ -420,14 +422,55 @@ def _header(items: list[tuple[str, torch.Tensor]], metadata: Mapping[str, str], 
     return struct.pack("<Q", len(data)) + data
 
 
-def _write_tensors(
+def input_ranges(path: Path) -> InputRecords:
+    """Return the byte ranges of a safetensors file's tensors, to copy them as they are."""
+    header, start, _ = _read_header(path)
+    records = [
+        InputRecord(name=key, data_offset=start + entry["data_offsets"][0], size=_nbytes(entry), crc=None)
+        for key, entry in header.items()
+        if key != "__metadata__"
+    ]
+    return InputRecords(path, records)
+
+
+def _nbytes(entry: Mapping[str, Any]) -> int:
+    begin, end = entry["data_offsets"]
+    return int(end) - int(begin)
+
+
+@dataclass(slots=True)
+class Copied:
+    """What a writer copied from the input as it was, and what it wrote from memory."""
+
+    copied_bytes: int = 0
+    written_bytes: int = 0
+
+
+def _write_tensors(  # noqa: PLR0913 - where to write, what, from where, and progress
     handle: Any,  # noqa: ANN401 - a binary file
     items: list[tuple[str, torch.Tensor]],
     progress: Progress | None,
     done: int,
     total: int,
+    *,
+    inputs: Sequence[InputRecords] = (),
+    tally: Copied | None = None,
 ) -> int:
+    tally = tally if tally is not None else Copied()
     for _, tensor in items:
+        found = next(((i, r) for i in inputs if (r := i.find_tensor(tensor)) is not None), None)
+        if found is not None and not tensor.is_conj() and not tensor.is_neg():
+            inputs_of, record = found
+            handle.flush()
+            at = handle.tell()
+            with inputs_of.path.open("rb") as source:
+                copy_range(source.fileno(), record.data_offset, handle.fileno(), at, record.size, lambda _n: None)
+            handle.seek(at + record.size)
+            done += record.size
+            tally.copied_bytes += record.size
+            if progress is not None:
+                progress(done, total)
+            continue
         # The values the tensor holds: a conjugate or negative view keeps its sign in a flag,
         # not in its memory, so resolve it first (a no-op for every other tensor).
         flat = tensor.detach().resolve_conj().resolve_neg().contiguous()
@@ -436,23 +479,31 @@ def _write_tensors(
             # A view of the tensor's own memory: nothing is copied on the way to the file.
             handle.write(memoryview((ctypes.c_char * nbytes).from_address(flat.data_ptr())))
         done += nbytes
+        tally.written_bytes += nbytes
         if progress is not None:
             progress(done, total)
     return done
 
 
-def save_safetensors(
+def save_safetensors(  # noqa: PLR0913 - what to write, where, and what may be copied
     state_dict: Mapping[str, Any],
     handle: Any,  # noqa: ANN401 - a binary file
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    *,
+    inputs: Sequence[InputRecords] = (),
+    tally: Copied | None = None,
 ) -> None:
-    """Write a flat state dict as one safetensors file to an open binary file."""
+    """Write a flat state dict as one safetensors file to an open binary file.
+
+    A tensor whose bytes are exactly a range of an input file (``inputs``; an unchanged
+    tensor of a memory-mapped input) is copied from that file kernel-side, not through Python.
+    """
     items = tensor_items(state_dict)
     meta = {**_with_format(metadata), **_stamp_metadata(state_dict)}
     handle.write(_header(items, meta, getattr(handle, "name", "the safetensors file")))
     total = sum(t.numel() * t.dtype.itemsize for _, t in items)
-    _write_tensors(handle, items, progress, 0, total)
+    _write_tensors(handle, items, progress, 0, total, inputs=inputs, tally=tally)
 
 
 def _shards(items: list[tuple[str, torch.Tensor]], limit: int) -> list[list[tuple[str, torch.Tensor]]]:
@@ -526,6 +577,8 @@ def save_sharded(  # noqa: PLR0913 - a layout needs its index, writer, size and 
     shard_size: int,
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    inputs: Sequence[InputRecords] = (),
+    tally: Copied | None = None,
 ) -> list[Path]:
     """Write a sharded layout: shards of at most ``shard_size`` bytes (or one tensor), then the index.
 
@@ -549,7 +602,7 @@ def save_sharded(  # noqa: PLR0913 - a layout needs its index, writer, size and 
     for shard, ordered, header in planned:
         with open_file(shard, fresh=True) as handle:
             handle.write(header)
-            done = _write_tensors(handle, ordered, progress, done, total)
+            done = _write_tensors(handle, ordered, progress, done, total, inputs=inputs, tally=tally)
     with open_file(index_path) as handle:
         handle.write((json.dumps(index, indent=2) + "\n").encode())
     return [*(shard for shard, _, _ in planned), index_path]

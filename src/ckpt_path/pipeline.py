@@ -37,6 +37,10 @@ class Upgrade:
     source: SourceVersion
     steps: list[StepReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unchanged_bytes: int = 0
+    """Bytes of the tensors no step changed (the same objects as loaded): what a writer can copy."""
+    computed_bytes: int = 0
+    """Bytes of the tensors the steps made."""
 
     @property
     def verified(self) -> bool:
@@ -162,6 +166,7 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
         warnings.append(plan.source_note)
     if dry_run:
         _to_meta(held)
+    loaded = {id(v) for v in held.state_dict.values() if isinstance(v, torch.Tensor)}
     reports, run_warnings = run_plan(
         held,
         plan,
@@ -171,4 +176,18 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
         drop_optimizer_state=drop_optimizer_state,
         on_step=on_step,
     )
-    return Upgrade(checkpoint=held, plan=plan, source=found, steps=reports, warnings=warnings + run_warnings)
+    tensors = [v for v in held.state_dict.values() if isinstance(v, torch.Tensor)]
+    unchanged = sum(_nbytes(v) for v in tensors if id(v) in loaded)
+    return Upgrade(
+        checkpoint=held,
+        plan=plan,
+        source=found,
+        steps=reports,
+        warnings=warnings + run_warnings,
+        unchanged_bytes=unchanged,
+        computed_bytes=sum(_nbytes(v) for v in tensors) - unchanged,
+    )
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return int(tensor.numel()) * tensor.element_size()

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckpt_fixtures import CKPT_PATH_BIN, digest, write_converter
+from ckpt_fixtures import CKPT_PATH_BIN, digest
 from ckpt_path.checkpoint import save_checkpoint
 from ckpt_path.registry import ENV_VAR
 from ckpt_path.stamp import Stamp, write_stamp
+from helpers import write_converter
 
 TIMEOUT = 90.0
 """Seconds to wait for anything the subprocess does; a bound, never an assertion on speed."""
@@ -128,6 +129,17 @@ def test_sigkill_during_write_leaves_no_output(big):
         assert digest(big.source) == big.source_digest
         # The temp file a SIGKILL leaves behind is accepted (see above); nothing else may appear.
         assert all(p.name.endswith(".tmp") for p in out_dir.iterdir())
+        assert temp_files_of(out)
+        # The next run, at once, removes it: no process holds its lock any more.
+        done = subprocess.run(
+            [str(CKPT_PATH_BIN), "convert", str(big.source), "-o", str(out), "--converters", str(big.converters)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in out_dir.iterdir()) == [out.name]
     finally:
         remove_leftovers(out)
 
@@ -161,19 +173,27 @@ def leave(path: Path, *, old: bool) -> Path:
 
 
 def test_stale_temporaries_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
-    """Writing OUTPUT removes this tool's temporaries for OUTPUT older than 10 minutes, and nothing else."""
+    """Writing OUTPUT removes this tool's temporaries for OUTPUT that no running writer holds, and nothing else."""
+    import fcntl
+
     out = tmp_path / "out.ckpt"
-    stale = leave(tmp_path / ".out.ckpt.ckpt-path-a1b2c3d4.tmp", old=True)
+    stale = [
+        leave(tmp_path / ".out.ckpt.ckpt-path-a1b2c3d4.tmp", old=True),
+        leave(tmp_path / ".out.ckpt.ckpt-path-i9j0k1l2.tmp", old=False),  # killed a moment ago: nobody holds it
+    ]
+    running = leave(tmp_path / ".out.ckpt.ckpt-path-e5f6g7h8.tmp", old=False)
     kept = [
-        leave(tmp_path / ".out.ckpt.ckpt-path-e5f6g7h8.tmp", old=False),  # a conversion still running
+        running,  # a conversion still running: it holds its temporary's lock
         leave(tmp_path / ".out.ckpt.a1b2c3d4.tmp", old=True),  # not this tool's name
         leave(tmp_path / ".other.ckpt.ckpt-path-a1b2c3d4.tmp", old=True),  # another OUTPUT's
         leave(tmp_path / "out.ckpt.ckpt-path-a1b2c3d4.tmp", old=True),  # not hidden: not a temporary
     ]
 
-    save_checkpoint({"w": torch.ones(2)}, out)
+    with running.open("rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        save_checkpoint({"w": torch.ones(2)}, out)
 
-    assert not stale.exists()
+    assert not any(p.exists() for p in stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, *(p.name for p in kept)])
 
 

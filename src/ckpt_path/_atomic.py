@@ -21,14 +21,18 @@ What it guarantees:
 - SIGTERM during a write is handled like Ctrl-C: the temporaries are removed, then the signal
   is delivered again so the process ends with the status SIGTERM gives. During placement both
   signals wait until every file is in place.
-- Temporaries of this tool that a SIGKILL left beside a target (same name pattern, not
-  modified for :data:`STALE_AFTER` seconds, owned by this user) are removed after a commit.
+- Temporaries of this tool that a SIGKILL left beside a target (same name pattern, owned by
+  this user) are removed after a commit. Each temporary holds an advisory lock (``flock``)
+  while it is written, and the kernel drops it when its process dies, however it dies: a
+  temporary nobody holds is stale at once; on a file system without ``flock`` one not
+  modified for :data:`STALE_AFTER` seconds is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import signal
@@ -209,6 +213,8 @@ class Transaction:
         fd, name = tempfile.mkstemp(prefix=f".{real.name}{TEMP_MARK}", suffix=".tmp", dir=real.parent)
         tmp = Path(name)
         self._files.append((tmp, real, fresh))
+        with contextlib.suppress(OSError):  # held until this process closes it or dies
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -278,8 +284,10 @@ def _place(tmp: Path, target: Path, *, replace: bool) -> None:
 def remove_stale_temporaries(directory: Path, names: str, *, older_than: float = STALE_AFTER) -> list[Path]:
     """Remove this tool's temporaries in ``directory`` for targets named like the regex ``names``.
 
-    Only regular files owned by this user and not modified for ``older_than`` seconds, so a
-    conversion still running never loses its file. Returns what was removed.
+    Only regular files owned by this user that no running process is writing: a writer holds
+    an advisory lock on its temporary until it ends (the kernel drops it even after SIGKILL);
+    where the file system has no such locks, only files not modified for ``older_than``
+    seconds. A conversion still running never loses its file. Returns what was removed.
     """
     pattern = temporary_pattern(names)
     now = time.time()
@@ -290,10 +298,27 @@ def remove_stale_temporaries(directory: Path, names: str, *, older_than: float =
                 continue
             with contextlib.suppress(OSError):
                 status = entry.stat(follow_symlinks=False)
-                if stat.S_ISREG(status.st_mode) and status.st_uid == os.getuid() and now - status.st_mtime > older_than:
+                if not stat.S_ISREG(status.st_mode) or status.st_uid != os.getuid():
+                    continue
+                if _abandoned(Path(entry.path), old=now - status.st_mtime > older_than):
                     Path(entry.path).unlink()
                     removed.append(Path(entry.path))
     return removed
+
+
+def _abandoned(path: Path, *, old: bool) -> bool:
+    """Whether no process holds the temporary's lock (or, without locks, it is old)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its writer is alive
+    except OSError:
+        return old  # no locks on this file system: fall back to age
+    else:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -22,6 +22,7 @@ from ckpt_path.errors import CkptPathError, UsageError
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from ckpt_path.batch import BatchItem
     from ckpt_path.commands import ConvertResult, Inspection
     from ckpt_path.planner import Plan, Step
     from ckpt_path.registry import Registry
@@ -249,16 +250,42 @@ def versions(
 
 @app.command()
 def convert(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Checkpoint to convert (never modified).")],
+    input_paths: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT...",
+            help="Checkpoint(s) to convert (never modified); a directory stands for the checkpoints in it.",
+        ),
+    ],
     output: Annotated[
         Path | None,
         typer.Option(
             "-o",
             "--output",
-            help="Where to write the result (required unless --dry-run).",
+            help="Where to write the result of one INPUT (required unless --dry-run or --output-dir).",
             show_default=False,
         ),
     ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            help="Convert every INPUT into DIR/<its file name> (needed for several inputs or a directory).",
+            show_default=False,
+            metavar="DIR",
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help=(
+                "Processes to use: a batch converts N files at once; a distributed checkpoint converts "
+                "with N processes."
+            ),
+        ),
+    ] = 1,
     to: Annotated[str, typer.Option("--to", help="Target: a version, `latest` or `LABEL@latest`.")] = "latest",
     source: Annotated[
         str | None,
@@ -303,11 +330,16 @@ def convert(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    r"""Convert a checkpoint to another version, checking shapes after every step.
+    r"""Convert checkpoints to another version, checking shapes after every step.
 
     The result is written to a temporary file beside OUTPUT and renamed into place only when
     every step succeeded, so a failure never leaves a half-written OUTPUT. OUTPUT's extension
     picks the format: .safetensors, .safetensors.index.json (sharded), else torch.save.
+    Tensors no step changed are copied from INPUT as they are, not rewritten.
+
+    With --output-dir every INPUT (a directory: the checkpoints in it) is converted into
+    DIR/<its file name>, --workers at a time; one that fails does not stop the others, a
+    summary follows, and the exit code is 1 when any failed.
 
     \b
     Examples:
@@ -316,31 +348,38 @@ def convert(
       ckpt-path convert old.ckpt --dry-run --to 1.0.0
       ckpt-path convert weights.pt -o new.pt --from 0.3.0   # a checkpoint without a stamp
       ckpt-path convert old.ckpt -o new.safetensors --state-dict-only
+      ckpt-path convert sweep/ --output-dir upgraded/ --workers 2
     """
     from ckpt_path.commands import convert_file
 
     _settle_imports()
 
+    options: dict[str, Any] = {
+        "target": to,
+        "source": source,
+        "allow_lossy": allow_lossy,
+        "dry_run": dry_run,
+        "force": force,
+        "strict": strict,
+        "state_dict_key": state_dict,
+        "safe_globals": tuple(safe_global or ()),
+        "state_dict_only": state_dict_only,
+        "drop_optimizer_state": drop_optimizer_state,
+    }
+    if output_dir is not None or len(input_paths) > 1 or input_paths[0].is_dir():
+        _convert_batch(input_paths, output, output_dir, converters, workers, options, as_json=as_json)
+        return
     progress = _StepProgress(enabled=not as_json)
     with _user_errors():
         registry = _registry(converters)
         try:
             result = convert_file(
-                input_path,
+                input_paths[0],
                 output,
-                target=to,
-                source=source,
                 registry=registry,
-                allow_lossy=allow_lossy,
-                dry_run=dry_run,
-                force=force,
-                strict=strict,
-                state_dict_key=state_dict,
-                safe_globals=tuple(safe_global or ()),
-                state_dict_only=state_dict_only,
-                drop_optimizer_state=drop_optimizer_state,
                 on_step=progress.on_step,
                 on_write=progress.on_write,
+                **options,
             )
         finally:
             progress.close()
@@ -350,6 +389,93 @@ def convert(
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     _print_conversion(result)
+
+
+def _convert_batch(
+    inputs: list[Path],
+    output: Path | None,
+    output_dir: Path | None,
+    converters: Path | None,
+    workers: int,
+    options: dict[str, Any],
+    *,
+    as_json: bool,
+) -> None:
+    """Convert several checkpoints into a directory; a summary table (or JSON) at the end."""
+    from ckpt_path.batch import convert_batch, plan_outputs
+
+    with _user_errors():
+        if output is not None:
+            raise UsageError("-o names one OUTPUT; several inputs go to --output-dir DIR")
+        if output_dir is None:
+            raise UsageError("several inputs (or a directory) need --output-dir DIR")
+        registry = _registry(converters)
+        pairs = plan_outputs(inputs, output_dir)
+    progress = _BatchProgress(len(pairs), enabled=not as_json)
+    try:
+        items = convert_batch(pairs, registry, workers=workers, on_done=progress.on_done, **options)
+    finally:
+        progress.close()
+    failed = [item for item in items if not item.ok]
+    if as_json:
+        typer.echo(json.dumps([item.to_dict() for item in items], indent=2))
+    else:
+        _print_batch(items)
+    for item in failed:
+        typer.echo(f"error: {item.input}: {_one_line(item.error or '')}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_batch(items: list[BatchItem]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    done = sum(item.ok for item in items)
+    table = Table(title=f"{done} of {len(items)} converted", title_justify="left")
+    for column in ("input", "output", "result", "copied", "written", "seconds"):
+        table.add_column(column)
+    for item in items:
+        if item.ok:
+            plan = f"{item.result.get('source')} -> {item.result.get('target')}"
+            copied, written = (_human_bytes(int(item.result.get(k, 0))) for k in ("copied_bytes", "written_bytes"))
+        else:
+            plan, copied, written = f"FAILED ({item.error_class})", "", ""
+        table.add_row(str(item.input), str(item.output), plan, copied, written, f"{item.seconds:.2f}")
+    Console(highlight=False, soft_wrap=False).print(table, markup=False)
+
+
+class _BatchProgress:
+    """One progress bar over the whole batch on a terminal; silent otherwise or with --json."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._progress = RichProgress(
+                TextColumn("converting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("converting", total=total)
+
+    def on_done(self, _item: BatchItem, done: int, _total: int) -> None:
+        """Advance the bar."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=done)
+
+    def close(self) -> None:
+        """Take the bar off the terminal."""
+        if self._progress is not None:
+            self._progress.stop()
 
 
 def _print_conversion(result: ConvertResult) -> None:

@@ -225,7 +225,7 @@ def run_rounds(cmds: Sequence[Command], runs: int, *, check: Callable[[Path], st
                 if cmd.output is not None:
                     for stale in (pending, cmd.output):
                         if stale is not None:
-                            stale.unlink(missing_ok=True)
+                            _remove(stale)
                 wall, anon_kib, _ = run_once(cmd)
                 if round_ > 0:
                     cmd.walls.append(wall)
@@ -238,7 +238,15 @@ def run_rounds(cmds: Sequence[Command], runs: int, *, check: Callable[[Path], st
             print(f"round {round_}/{runs}: {done}", file=sys.stderr, flush=True)
     finally:
         if pending is not None:
-            pending.unlink(missing_ok=True)
+            _remove(pending)
+
+
+def _remove(path: Path) -> None:
+    """Delete a command's output: a file, or a directory of outputs."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- conversion test data
@@ -280,13 +288,23 @@ def template_regex(template: str) -> str:
     return "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^.]+)", re.escape(template)) + "$"
 
 
-def write_converters(directory: Path) -> None:
-    """Write the :data:`RENAMES` path as declarative ``ops`` converter files (one per step)."""
+COMPUTED = "model.layers.0.attn.q_proj.weight"
+"""The one tensor the computing path changes (hidden size 1024: 4 MiB), with a MoveIndex."""
+
+
+def write_converters(directory: Path, *, compute: bool = False) -> None:
+    """Write the :data:`RENAMES` path as declarative ``ops`` converter files (one per step).
+
+    With ``compute`` the first step also moves one row of :data:`COMPUTED` (a ``MoveIndex``):
+    the same path with one small tensor computed instead of copied.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for number, (source, target, renames) in enumerate(RENAMES, 1):
         ops = ", ".join(f"Rename({old!r}, {new!r})" for old, new in renames)
+        if compute and number == 1:
+            ops = f"MoveIndex({COMPUTED!r}, dim=0, index=0, to=1), {ops}"
         text = (
-            f'"""Rename step {source} -> {target}."""\n\nfrom ckpt_path.ops import Rename\n\n'
+            f'"""Rename step {source} -> {target}."""\n\nfrom ckpt_path.ops import MoveIndex, Rename\n\n'
             f'source = "{source}"\ntarget = "{target}"\nops = [{ops}]\n'
         )
         (directory / f"{number:02d}_rename.py").write_text(text, encoding="utf-8")

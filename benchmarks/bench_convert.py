@@ -7,7 +7,11 @@ The project's goals measured here:
    that of ``python -c "import torch"``, stays under 10 % of the checkpoint's size, at 1 GiB
    and 4 GiB, for a torch zip checkpoint and for a safetensors file.
 2. Time: the conversion's wall time as ratios to baselines measured in the same run (ratios,
-   not absolute seconds: this machine's speed drifts by tens of percent within an hour):
+   not absolute seconds: this machine's speed drifts by tens of percent within an hour).
+   Unchanged tensors are copied from the input kernel-side, so the goals are: at most 1.3x
+   ``cp`` at 4 GiB, at least 1.5x faster than the bare script saved as durably, no slower
+   than the bare script without fsync, and a path that computes one 4 MiB tensor within 5 %
+   of the rename-only path:
 
    * ``cp IN OUT && sync``: the floor, the bytes copied and written back;
    * a bare script: memory-mapped load, the same renames and stamp, ``torch.save`` (for
@@ -74,9 +78,16 @@ def commands(work: Path, src: Path) -> list[Command]:
     def bare(key: str, mode: str) -> Command:
         return Command(key, [python, str(work / "bare.py"), str(src), str(out(mode)), mode], out(mode))
 
-    convert = [ckpt_path_executable(), "convert", str(src), "--to", TARGET, "--converters", str(work / "converters")]
+    convert = [ckpt_path_executable(), "convert", str(src), "--to", TARGET, "--force"]
+    renames = ["--converters", str(work / "converters")]
+    computing = ["--converters", str(work / "converters-compute")]
     cmds = [
-        Command("ckpt-path convert", [*convert, "--force", "-o", str(out("ckpt-path"))], out("ckpt-path")),
+        Command("ckpt-path convert", [*convert, *renames, "-o", str(out("ckpt-path"))], out("ckpt-path")),
+        Command(
+            "ckpt-path convert, one 4 MiB tensor computed",
+            [*convert, *computing, "-o", str(out("ckpt-path-compute"))],
+            out("ckpt-path-compute"),
+        ),
         bare(f"bare {save}", "mmap"),
         bare(f"bare {save} + fsync", "fsync"),
     ]
@@ -91,6 +102,7 @@ def measure(fmt: str, size: int, runs: int) -> list[Result]:
     work = Path(tempfile.mkdtemp(prefix="ckpt-path-bench-convert-"))
     try:
         write_converters(work / "converters")
+        write_converters(work / "converters-compute", compute=True)
         src = work / ("in.safetensors" if fmt == "safetensors" else "in.ckpt")
         cmds = commands(work, src)
         tensors = len(transformer(size))
@@ -128,7 +140,17 @@ def measure(fmt: str, size: int, runs: int) -> list[Result]:
             "" if applies else "goal applies from 1 GiB (fixed cost of imports)",
         )
     ]
-    for cmd in cmds[1:-1]:
+    computing = cmds[1]
+    results.append(
+        Result(
+            "convert",
+            f"{label}: one 4 MiB tensor computed / rename only",
+            round(computing.wall() / ours.wall(), 2),
+            "x",
+            note=f"minimums {min(computing.walls) / min(ours.walls):.2f}",
+        )
+    )
+    for cmd in cmds[2:-1]:
         ratio = round(ours.wall() / cmd.wall(), 2)
         note = f"minimums {min(ours.walls) / min(cmd.walls):.2f}"
         results.append(Result("convert", f"{label}: ckpt-path / {cmd.key}", ratio, "x", note=note))

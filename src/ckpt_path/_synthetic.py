@@ -191,9 +191,11 @@ def round_trip_start(registry: Registry, source: str, target: str) -> dict[str, 
     ``target -> source`` (ops know their shapes), so a round trip is still checked in the
     direction the file was written.
     """
+    forward = registry.graph.get_edge_data(parse_version(source), parse_version(target))
+    seeded = _seed_metadata(forward["converter"].ops or () if forward is not None else ())
     schema = registry.schema(source)
     if schema is not None:
-        return synthetic_checkpoint(schema)
+        return {**seeded, **synthetic_checkpoint(schema)}
     known = registry.schema(target)
     backward = registry.graph.get_edge_data(parse_version(target), parse_version(source))
     ops = backward["converter"].ops if backward is not None else None
@@ -203,7 +205,46 @@ def round_trip_start(registry: Registry, source: str, target: str) -> dict[str, 
         derived = predict(ops, schema_signature(known))
     except OpError as exc:
         raise LayoutError(source, target, str(exc)) from None
-    return synthetic_checkpoint(Schema.from_signature(source, derived))
+    return {**seeded, **synthetic_checkpoint(Schema.from_signature(source, derived))}
+
+
+def _same_value(a: object, b: object) -> bool:
+    """Compare plain entries; ones that hold tensors are the tensor comparison's business."""
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):
+        return True
+
+
+def _seed_metadata(ops: Sequence[Any]) -> dict[str, Any]:
+    """Build the checkpoint entries outside the state dict that the ops' metadata steps expect to find.
+
+    A ``MoveMeta`` needs its source, a ``DropMeta`` its path (with its value when it names one),
+    a ``SetMeta`` that names the old value that value; paths an earlier op makes are left to it.
+    """
+    from ckpt_path.ops import UNSET, DropMeta, MoveMeta, SetMeta
+
+    seeded: dict[str, Any] = {}
+    made: set[tuple[str, ...]] = set()
+    for op in ops:
+        need: tuple[tuple[str, ...], Any] | None = None
+        if isinstance(op, MoveMeta):
+            need = (op.source, f"synthetic {'.'.join(op.source)}")
+            made.add(op.target)
+            parent = seeded
+            for part in op.target[:-1]:  # where it moves to must be a dict of the checkpoint
+                parent = parent.setdefault(part, {})
+        elif isinstance(op, DropMeta):
+            need = (op.path, op.value if op.value is not UNSET else f"synthetic {'.'.join(op.path)}")
+        elif isinstance(op, SetMeta):
+            need = (op.path, op.old) if op.old is not UNSET else None
+            made.add(op.path)
+        if need is not None and need[0] not in made:
+            node = seeded
+            for part in need[0][:-1]:
+                node = node.setdefault(part, {})
+            node.setdefault(need[0][-1], need[1])
+    return seeded
 
 
 def round_trip_differences(
@@ -220,4 +261,10 @@ def round_trip_differences(
     forward, backward = edge_converter(registry, source, target), edge_converter(registry, target, source)
     start = checkpoint if checkpoint is not None else round_trip_start(registry, source, target)
     back = run_converter(registry, backward, run_converter(registry, forward, start))
-    return checkpoint_differences(start, back)
+    differences = checkpoint_differences(start, back)
+    if isinstance(start, Mapping) and isinstance(back, Mapping):
+        ignored = {"state_dict", "ckpt_path"}
+        for key in sorted({*start, *back} - ignored, key=str):
+            if key not in back or key not in start or not _same_value(start[key], back[key]):
+                differences.append(f"{key}: the entry outside the state dict differs after the round trip")
+    return differences

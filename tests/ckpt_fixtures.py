@@ -1,4 +1,4 @@
-"""Helpers shared by the checkpoint, runner and convert tests: tiny checkpoints and converter files.
+"""Tensors and checkpoints for the tests: the example model's state dicts, Lightning wrappers, unsafe pickles.
 
 Everything here builds files under a directory the caller passes (a test's ``tmp_path``);
 nothing is written to the working directory. Plain functions rather than fixtures, so that
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -58,13 +58,47 @@ def v010_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return {key: torch.randn(shape, generator=generator) for key, shape in V010_SHAPES.items()}
 
 
-def lightning(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Wrap a state dict the way Lightning saves it, with the usual non-tensor content.
+def t(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Return a tensor of ``shape`` holding the distinct values 0, 1, 2, ..."""
+    return torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape).to(dtype)
+
+
+def random_tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Return a tensor of finite random values (no NaN, so bitwise and value equality agree)."""
+    generator = torch.Generator().manual_seed(seed)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator).to(dtype)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    return torch.randint(-1000, 1000, shape, generator=generator, dtype=dtype)
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """Return the raw bytes of a tensor, so that -0.0 and 0.0 differ."""
+    return tensor.detach().flatten().clone(memory_format=torch.contiguous_format).view(torch.uint8)
+
+
+def clone(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Copy a state dict with its own storage, so ops on the original cannot change the copy."""
+    return {key: value.clone() for key, value in state_dict.items()}
+
+
+def assert_bitwise_equal(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Assert two state dicts have the same keys, and per key the same shape, dtype and bytes."""
+    assert sorted(got) == sorted(expected)
+    for key, tensor in expected.items():
+        assert got[key].dtype == tensor.dtype, key
+        assert got[key].shape == tensor.shape, key
+        assert torch.equal(bits(got[key]), bits(tensor)), key
+
+
+def lightning(state_dict: dict[str, torch.Tensor], version: str | None = None) -> dict[str, Any]:
+    """Wrap a state dict the way Lightning saves it, with the usual non-tensor content; stamp it ``version``.
 
     The optimizer has taken no step yet (no per-parameter state), so steps that change
     parameters need not say what its state becomes; tests of that build their own.
     """
-    return {
+    ckpt = {
         "epoch": 7,
         "global_step": 1234,
         "pytorch-lightning_version": "2.4.0",
@@ -78,40 +112,18 @@ def lightning(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         "lr_schedulers": [],
         "state_dict": state_dict,
     }
+    return ckpt if version is None else write_stamp(ckpt, ("state_dict",), Stamp(version=version))
 
 
 def write_v010(path: Path, *, version: str | None = None) -> Path:
     """Write a Lightning checkpoint of version 0.1.0 at ``path``; stamp it when ``version`` is given."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = lightning(v010_state_dict())
-    if version is not None:
-        ckpt = write_stamp(ckpt, ("state_dict",), Stamp(version=version))
-    torch.save(ckpt, path)
-    return path
+    return write_ckpt(path, lightning(v010_state_dict(), version))
 
 
 def write_ckpt(path: Path, obj: object) -> Path:
     """Save ``obj`` at ``path`` with plain ``torch.save``, creating the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
-    return path
-
-
-def write_converter(
-    directory: Path,
-    name: str,
-    source: str,
-    target: str,
-    body: str = "return ckpt",
-    **literals: object,
-) -> Path:
-    """Write ``<directory>/<name>.py``: the literals, then ``def convert(ckpt):`` with ``body``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = [f'"""Converter {name}."""', "", f"source = {source!r}", f"target = {target!r}"]
-    lines += [f"{key} = {value!r}" for key, value in literals.items()]
-    code = "\n".join(lines) + "\n\n\ndef convert(ckpt):\n" + textwrap.indent(textwrap.dedent(body), "    ")
-    path = directory / f"{name}.py"
-    path.write_text(code + "\n", encoding="utf-8")
     return path
 
 
@@ -181,191 +193,3 @@ def write_unsafe_checkpoint(directory: Path, *, kind: str = "instance") -> tuple
         mark.unlink()
     global_name = f"{name}.Payload" if kind == "instance" else f"{name}.touch"
     return path, global_name, marks
-
-
-EXAMPLE_CONVERTERS: dict[str, str] = {
-    "001_rename_grid_mlp": '''\
-"""Rename the grid MLP of the g2m GNN (the layer index was dropped)."""
-
-source = "0.1.0"
-target = "0.2.0"
-touches = ["g2m_gnn.grid_mlp.*"]
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    for key in [k for k in sd if k.startswith("g2m_gnn.grid_mlp.0.")]:
-        sd[key.replace("grid_mlp.0.", "grid_mlp.")] = sd.pop(key)
-    return ckpt
-''',
-    "002_reorder_msl": '''\
-"""Move input/output feature msl from position 3 to position 1."""
-
-import torch
-
-source = "0.2.0"
-target = "0.3.0"
-touches = ["grid_prev_embedder.0.weight", "output_map.weight", "output_map.bias"]
-
-
-def _move(tensor, dim, index, to):
-    order = list(range(tensor.shape[dim]))
-    order.insert(to, order.pop(index))
-    return tensor.index_select(dim, torch.tensor(order))
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    sd["grid_prev_embedder.0.weight"] = _move(sd["grid_prev_embedder.0.weight"], 1, 3, 1)
-    sd["output_map.weight"] = _move(sd["output_map.weight"], 0, 3, 1)
-    sd["output_map.bias"] = _move(sd["output_map.bias"], 0, 3, 1)
-    features = ckpt.get("hyper_parameters", {}).get("features")
-    if features is not None:
-        features.insert(1, features.pop(3))
-    return ckpt
-''',
-    "003_unorder_msl": '''\
-"""Downgrade: move feature msl back from position 1 to position 3."""
-
-import torch
-
-source = "0.3.0"
-target = "0.2.0"
-touches = ["grid_prev_embedder.0.weight", "output_map.weight", "output_map.bias"]
-
-
-def _move(tensor, dim, index, to):
-    order = list(range(tensor.shape[dim]))
-    order.insert(to, order.pop(index))
-    return tensor.index_select(dim, torch.tensor(order))
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    sd["grid_prev_embedder.0.weight"] = _move(sd["grid_prev_embedder.0.weight"], 1, 1, 3)
-    sd["output_map.weight"] = _move(sd["output_map.weight"], 0, 1, 3)
-    sd["output_map.bias"] = _move(sd["output_map.bias"], 0, 1, 3)
-    features = ckpt.get("hyper_parameters", {}).get("features")
-    if features is not None:
-        features.insert(3, features.pop(1))
-    return ckpt
-''',
-    "004_fuse_qkv": '''\
-"""Fuse the processor's q, k and v projections into one qkv projection."""
-
-import torch
-
-source = "0.3.0"
-target = "1.0.0"
-touches = ["processor.q_proj.*", "processor.k_proj.*", "processor.v_proj.*", "processor.qkv_proj.*"]
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    for param in ("weight", "bias"):
-        parts = [sd.pop(f"processor.{p}_proj.{param}") for p in "qkv"]
-        sd[f"processor.qkv_proj.{param}"] = torch.cat(parts, dim=0)
-    return ckpt
-''',
-    "005_split_qkv": '''\
-"""Downgrade: split the fused qkv projection back into q, k and v."""
-
-source = "1.0.0"
-target = "0.3.0"
-touches = ["processor.q_proj.*", "processor.k_proj.*", "processor.v_proj.*", "processor.qkv_proj.*"]
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    for param in ("weight", "bias"):
-        fused = sd.pop(f"processor.qkv_proj.{param}")
-        for name, part in zip("qkv", fused.chunk(3, dim=0), strict=True):
-            sd[f"processor.{name}_proj.{param}"] = part.clone()
-    return ckpt
-''',
-    "006_lam_head": '''\
-"""Branch lam: the output map is called head on the lam branch."""
-
-source = "1.0.0"
-target = "1.0.0+lam"
-touches = ["output_map.*", "head.*"]
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    for key in [k for k in sd if k.startswith("output_map.")]:
-        sd["head." + key.removeprefix("output_map.")] = sd.pop(key)
-    return ckpt
-''',
-    "007_lam_to_main": '''\
-"""Merge lam back: head becomes output_map again and gains the output scale of 1.1.0."""
-
-import torch
-
-source = "1.0.0+lam"
-target = "1.1.0"
-touches = ["output_map.*", "head.*", "output_scale"]
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    for key in [k for k in sd if k.startswith("head.")]:
-        sd["output_map." + key.removeprefix("head.")] = sd.pop(key)
-    bias = sd["output_map.bias"]
-    sd["output_scale"] = torch.ones_like(bias)
-    return ckpt
-''',
-    "008_output_scale": '''\
-"""Add a learnable output scale, initialised to ones so outputs do not change."""
-
-import torch
-
-source = "1.0.0"
-target = "1.1.0"
-touches = ["output_scale"]
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    sd["output_scale"] = torch.ones_like(sd["output_map.bias"])
-    return ckpt
-''',
-    "009_drop_output_scale": '''\
-"""Downgrade: drop the output scale (a trained scale is lost)."""
-
-source = "1.1.0"
-target = "1.0.0"
-touches = ["output_scale"]
-lossy = True
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    sd.pop("output_scale")
-    return ckpt
-''',
-    "010_lam_to_1_0": '''\
-"""Leave branch lam for 1.0.0: head is called output_map again."""
-
-source = "1.0.0+lam"
-target = "1.0.0"
-touches = ["output_map.*", "head.*"]
-
-
-def convert(ckpt):
-    sd = ckpt["state_dict"]
-    for key in [k for k in sd if k.startswith("head.")]:
-        sd["output_map." + key.removeprefix("head.")] = sd.pop(key)
-    return ckpt
-''',
-}
-"""The example converters as first released (convert functions): 0.1.0 -> 0.2.0 -> 0.3.0 -> 1.0.0 -> 1.1.0,
-a lam branch, downgrades and a lossy 1.1.0 -> 1.0.0. Tests write them into ``tmp_path``."""
-
-
-def write_example_converters(directory: Path) -> Path:
-    """Write the example converters into ``directory`` and return it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in EXAMPLE_CONVERTERS.items():
-        (directory / f"{name}.py").write_text(text, encoding="utf-8")
-    return directory

@@ -1,75 +1,15 @@
-"""Fixtures: converter folders written in ``tmp_path`` and version graphs built in memory."""
+"""Fixtures: converter folders written in ``tmp_path``; the functions they use are in ``helpers.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeAlias
 
 import pytest
 
-from ckpt_path import Converter, Registry
 from ckpt_path.registry import ENV_VAR
-
-ROOT = Path(__file__).resolve().parents[1]
-"""The repository; only read from, never written to."""
-
-EXAMPLE_CONVERTERS = ROOT / "converters"
-
-Edge: TypeAlias = "tuple[str, str] | tuple[str, str, Mapping[str, Any]]"
-"""``(source, target)`` or ``(source, target, options)``; options go to ``Converter.from_function``."""
-
-IDENTITY = "def convert(ckpt):\n    return ckpt\n"
-
-
-def edge_name(source: str, target: str) -> str:
-    """Name the in-memory converter of an edge after its versions."""
-    return f"{source}->{target}"
-
-
-def build_registry(edges: Iterable[Edge]) -> Registry:
-    """Build a registry of identity converters, one per edge, in the order given."""
-    registry = Registry()
-    for edge in edges:
-        source, target = edge[0], edge[1]
-        options: Mapping[str, Any] = edge[2] if len(edge) > 2 else {}
-
-        def convert(ckpt: object) -> object:
-            return ckpt
-
-        registry.add(
-            Converter.from_function(source, target, convert, name=edge_name(source, target), **options),
-        )
-    return registry
-
-
-def render_converter(
-    source: str,
-    target: str,
-    *,
-    doc: str | None = None,
-    code: str = IDENTITY,
-    **literals: object,
-) -> str:
-    """Return the text of a converter file with the given literals and code."""
-    lines = [f'"""{doc}"""', ""] if doc is not None else []
-    lines += [f"source = {source!r}", f"target = {target!r}"]
-    lines += [f"{name} = {value!r}" for name, value in literals.items()]
-    return "\n".join(lines) + "\n\n\n" + code
-
-
-def write_converter_file(
-    directory: Path,
-    name: str,
-    source: str,
-    target: str,
-    **extra: Any,
-) -> Path:
-    """Write ``<directory>/<name>.py`` (see :func:`render_converter`) and return its path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.py"
-    path.write_text(render_converter(source, target, **extra), encoding="utf-8")
-    return path
+from helpers import copy_examples, write_converter
 
 
 @pytest.fixture(autouse=True)
@@ -78,16 +18,20 @@ def _no_converters_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
 
 
-@pytest.fixture(scope="session")
-def write_converter() -> Callable[..., Path]:
-    """Write one converter file: ``write_converter(dir, name, source, target, **extra)``."""
-    return write_converter_file
+@pytest.fixture
+def payload_modules() -> Iterator[None]:
+    """Forget the payload modules a test imported, so none leaks into the next test, which imports afresh."""
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("ckpt_payload_"):
+            del sys.modules[name]
 
 
-@pytest.fixture(scope="session")
-def make_registry() -> Callable[[Sequence[Edge]], Registry]:
-    """Build an in-memory registry from edges: ``make_registry([("1.0", "1.1", {"cost": 2})])``."""
-    return build_registry
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """Copy the shipped example converters and their schemas to ``tmp_path / "converters"``."""
+    return copy_examples(tmp_path / "converters")
 
 
 @pytest.fixture
@@ -99,7 +43,7 @@ def converters_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def example_dir(converters_dir: Path, write_converter: Callable[..., Path]) -> Path:
+def example_dir(converters_dir: Path) -> Path:
     """Write a small converters directory: a main line, a downgrade, a lam branch and a lossy edge.
 
     ``1.0.0 -> 1.1.0 -> 1.2.0``, ``1.1.0 -> 1.0.0``, ``1.1.0 -> 1.1.0+lam -> 1.2.0`` and a

@@ -19,6 +19,7 @@ from ckpt_path import Registry
 from ckpt_path.batch import convert_batch, plan_outputs
 from ckpt_path.cli import app
 from ckpt_path.demo.models import make_checkpoint
+from helpers import copy_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,13 +38,12 @@ def sweep(tmp_path: Path) -> tuple[Path, Path]:
         ckpt = make_checkpoint("0.1.0", seed=seed)
         ckpt["ckpt_path"] = {"version": "0.1.0", "history": []}
         torch.save(ckpt, runs / f"run{seed}.ckpt")
-    converters = tmp_path / "converters"
-    shutil.copytree(ROOT / "converters", converters)
-    return runs, converters
+    return runs, copy_examples(tmp_path / "converters")
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["state_dict"]
+    state_dict: dict[str, torch.Tensor] = torch.load(path, weights_only=True)["state_dict"]
+    return state_dict
 
 
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -149,6 +149,7 @@ def test_plan_outputs_expands_a_directory_and_skips_the_shards_of_a_layout(tmp_p
     assert [source.name for source, _ in pairs] == ["a.pt", "model.safetensors.index.json"]
 
 
+@pytest.mark.slow
 def test_a_killed_batch_leaves_finished_outputs_whole_and_the_next_run_clean(tmp_path, sweep):
     """Kill -9 during a batch: every output written is complete, and the next run leaves no temporary behind."""
     runs, converters = sweep

@@ -242,16 +242,6 @@ def test_legacy_checkpoint_loads(tmp_path):
 # --- unsafe pickles -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def payload_modules() -> Iterator[None]:
-    """Forget the payload modules a test imported, so the next test imports afresh."""
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("ckpt_payload_"):
-            del sys.modules[name]
-
-
 @pytest.mark.usefixtures("payload_modules")
 @pytest.mark.parametrize("kind", ["instance", "reduce"])
 def test_unsafe_checkpoint_is_refused_without_running_anything(tmp_path, kind):

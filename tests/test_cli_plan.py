@@ -8,42 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from ckpt_path import Registry, read_converters
-from ckpt_path.cli import app
 from ckpt_path.registry import ENV_VAR
-from conftest import EXAMPLE_CONVERTERS
+from helpers import EXAMPLE_CONVERTERS, assert_one_line_error, cli, write_converter
 
 PLAN_KEYS = {"source", "requested_source", "target", "cost", "lossy", "steps"}
 STEP_KEYS = {"source", "target", "converter", "file", "lossy", "cost", "description"}
 
 
-@pytest.fixture
-def runner():
-    """Make a CLI runner; it captures stdout and stderr apart."""
-    return CliRunner()
-
-
-def invoke(runner, *args):
-    """Run `ckpt-path ARGS` in process."""
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, start):
-    """Assert exit 1 with one `error:` line on stderr, nothing on stdout and no traceback."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"error: {start}"), lines[0]
-    assert "Traceback" not in result.output
-
-
-def test_plan_prints_the_steps(runner, example_dir):
+def test_plan_prints_the_steps(example_dir):
     """`plan` prints a title with steps and cost, and every converter of the path."""
-    result = invoke(runner, "plan", "1.0.0", "latest", "--converters", example_dir)
+    result = cli("plan", "1.0.0", "latest", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert "1.0.0 -> 1.2.0: 2 step(s), cost 2" in result.stdout
@@ -53,25 +29,25 @@ def test_plan_prints_the_steps(runner, example_dir):
     assert "LOSSY" not in result.stdout
 
 
-def test_plan_marks_lossy_steps(runner, example_dir):
+def test_plan_marks_lossy_steps(example_dir):
     """With --allow-lossy a lossy plan is printed and marked as lossy."""
-    result = invoke(runner, "plan", "1.2.0", "1.0.0", "--allow-lossy", "--converters", example_dir)
+    result = cli("plan", "1.2.0", "1.0.0", "--allow-lossy", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     assert "1.2.0 -> 1.0.0: 2 step(s), cost 2, LOSSY" in result.stdout
     assert "f_drop [lossy]" in result.stdout
     assert "c_downgrade" in result.stdout
 
 
-def test_plan_to_the_same_version(runner, example_dir):
+def test_plan_to_the_same_version(example_dir):
     """Planning from a version to itself says there is nothing to do."""
-    result = invoke(runner, "plan", "1.1.0", "1.1.0", "--converters", example_dir)
+    result = cli("plan", "1.1.0", "1.1.0", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "1.1.0 is already 1.1.0: nothing to do"
 
 
-def test_plan_json(runner, example_dir):
+def test_plan_json(example_dir):
     """`plan --json` prints the contract's object, and only that."""
-    result = invoke(runner, "plan", "1.1.0", "lam@latest", "--json", "--converters", example_dir)
+    result = cli("plan", "1.1.0", "lam@latest", "--json", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) == PLAN_KEYS
@@ -96,25 +72,25 @@ def test_plan_json(runner, example_dir):
     assert all(set(step) == STEP_KEYS for step in data["steps"])
 
 
-def test_plan_from_a_version_between_converters(runner, example_dir):
+def test_plan_from_a_version_between_converters(example_dir):
     """`plan 1.1.7 1.2.0` plans from 1.1.0 and says so, in the text output and as requested_source in JSON."""
-    result = invoke(runner, "plan", "1.1.7", "1.2.0", "--converters", example_dir)
+    result = cli("plan", "1.1.7", "1.2.0", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == (
         "1.1.7 is not a version of the graph; it reads as 1.1.0, the highest version at or below it on its branch"
     )
     assert "1.1.0 -> 1.2.0: 1 step(s), cost 1" in result.stdout
     assert "b_upgrade" in result.stdout
-    result = invoke(runner, "plan", "1.1.7", "1.2.0", "--json", "--converters", example_dir)
+    result = cli("plan", "1.1.7", "1.2.0", "--json", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["source"], data["requested_source"], data["target"]) == ("1.1.0", "1.1.7", "1.2.0")
     assert [s["converter"] for s in data["steps"]] == ["b_upgrade"]
 
 
-def test_plan_json_lossy(runner, example_dir):
+def test_plan_json_lossy(example_dir):
     """A lossy plan in JSON says so at the top and on the lossy step."""
-    result = invoke(runner, "plan", "1.2.0", "1.1.0", "--json", "--allow-lossy", "--converters", example_dir)
+    result = cli("plan", "1.2.0", "1.1.0", "--json", "--allow-lossy", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["lossy"] is True
@@ -137,34 +113,34 @@ def test_plan_json_lossy(runner, example_dir):
         (["plan", "1.0.0", "@latest"], "invalid version '@latest'"),
     ],
 )
-def test_plan_failures_are_one_line(runner, example_dir, write_converter, args, start):
+def test_plan_failures_are_one_line(example_dir, args, start):
     """A plan that cannot be made exits 1 with one `error:` line on stderr and no traceback."""
     write_converter(example_dir, "z_island", "5.0.0", "6.0.0")
-    assert_one_line_error(invoke(runner, *args, "--converters", example_dir), start)
+    assert_one_line_error(cli(*args, "--converters", example_dir), start=start)
 
 
-def test_broken_converter_file(runner, example_dir):
+def test_broken_converter_file(example_dir):
     """A converter file that cannot be read fails every command with its file and line."""
     broken = example_dir / "g_broken.py"
     broken.write_text('source = "1.2.0"\ntarget = "1.3.0"\ncost = -1\nops = []\n', encoding="utf-8")
     for command in (["plan", "1.0.0", "latest"], ["graph"], ["versions"]):
-        result = invoke(runner, *command, "--converters", example_dir)
-        assert_one_line_error(result, f"{broken}:3: cost must be a number")
+        result = cli(*command, "--converters", example_dir)
+        assert_one_line_error(result, start=f"{broken}:3: cost must be a number")
 
 
-def test_duplicate_converters(runner, example_dir, write_converter):
+def test_duplicate_converters(example_dir):
     """Two converters for one edge fail with both files named."""
     write_converter(example_dir, "a_again", "1.0.0", "1.1.0")
-    result = invoke(runner, "plan", "1.0.0", "latest", "--converters", example_dir)
-    assert_one_line_error(result, "two converters for 1.0.0 -> 1.1.0: ")
+    result = cli("plan", "1.0.0", "latest", "--converters", example_dir)
+    assert_one_line_error(result, start="two converters for 1.0.0 -> 1.1.0: ")
     assert str(example_dir / "a_upgrade.py") in result.stderr
     assert str(example_dir / "a_again.py") in result.stderr
 
 
-def test_missing_converters_directory(runner, tmp_path):
+def test_missing_converters_directory(tmp_path):
     """A converters directory that does not exist fails with its name."""
-    result = invoke(runner, "plan", "1.0", "1.1", "--converters", tmp_path / "nowhere")
-    assert_one_line_error(result, f"{tmp_path / 'nowhere'}: converters directory not found")
+    result = cli("plan", "1.0", "1.1", "--converters", tmp_path / "nowhere")
+    assert_one_line_error(result, start=f"{tmp_path / 'nowhere'}: converters directory not found")
 
 
 @pytest.mark.parametrize(
@@ -178,9 +154,9 @@ def test_missing_converters_directory(runner, tmp_path):
         ["no-such-command"],
     ],
 )
-def test_bad_usage_exits_2(runner, example_dir, args):
+def test_bad_usage_exits_2(example_dir, args):
     """Missing arguments, unknown options and bad choices are usage errors: exit 2 with usage help."""
-    result = invoke(runner, *args, "--converters", example_dir)
+    result = cli(*args, "--converters", example_dir)
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     assert "Usage:" in result.stderr
@@ -188,10 +164,10 @@ def test_bad_usage_exits_2(runner, example_dir, args):
 
 
 @pytest.mark.parametrize("fmt", [None, "text", "mermaid", "dot"])
-def test_graph_shows_every_edge(runner, example_dir, fmt):
+def test_graph_shows_every_edge(example_dir, fmt):
     """`graph` in every format contains every converter's edge."""
     args = ["graph", "--converters", example_dir] + (["--format", fmt] if fmt else [])
-    result = invoke(runner, *args)
+    result = cli(*args)
     assert result.exit_code == 0, result.output
     converters = read_converters(example_dir)
     assert len(converters) == 6
@@ -211,30 +187,30 @@ def test_graph_shows_every_edge(runner, example_dir, fmt):
         assert expected in result.stdout
 
 
-def test_graph_text_flags(runner, example_dir):
+def test_graph_text_flags(example_dir):
     """The text graph shows costs other than 1, lossy edges and descriptions."""
-    result = invoke(runner, "graph", "--converters", example_dir)
+    result = cli("graph", "--converters", example_dir)
     lines = result.stdout.splitlines()
     assert "1.1.0+lam -> 1.2.0  e_merge cost=3  Merge lam back." in lines
     assert "1.2.0 -> 1.1.0  f_drop [lossy]  Drop the new head." in lines
     assert len(lines) == 6
 
 
-def test_graph_mermaid_and_dot_are_wrapped(runner, example_dir):
+def test_graph_mermaid_and_dot_are_wrapped(example_dir):
     """Mermaid output starts with its header and dot output is one digraph."""
-    mermaid = invoke(runner, "graph", "--format", "mermaid", "--converters", example_dir).stdout
-    dot = invoke(runner, "graph", "--format", "dot", "--converters", example_dir).stdout
+    mermaid = cli("graph", "--format", "mermaid", "--converters", example_dir).stdout
+    dot = cli("graph", "--format", "dot", "--converters", example_dir).stdout
     assert mermaid.splitlines()[0] == "graph LR"
     assert dot.splitlines()[0] == "digraph versions {"
     assert dot.rstrip().endswith("}")
     assert '"1.1.0+lam" [label="1.1.0+lam", style="dashed"];' in dot
 
 
-def test_versions_newest_first(runner, example_dir, write_converter):
+def test_versions_newest_first(example_dir):
     """`versions` lists every version newest first, marking latest and each branch's latest."""
     write_converter(example_dir, "h_exp", "1.0.0", "1.0.0+exp")
     write_converter(example_dir, "i_lam2", "1.1.0+lam", "1.1.0+lam.2")
-    result = invoke(runner, "versions", "--converters", example_dir)
+    result = cli("versions", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     rows = [line.split(maxsplit=1) for line in result.stdout.splitlines()]
     assert rows == [
@@ -247,26 +223,26 @@ def test_versions_newest_first(runner, example_dir, write_converter):
     ]
 
 
-def test_converters_from_environment(runner, example_dir, tmp_path, monkeypatch):
+def test_converters_from_environment(example_dir, tmp_path, monkeypatch):
     """Without --converters, CKPT_PATH_CONVERTERS names the directory."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.setenv(ENV_VAR, str(example_dir))
-    result = invoke(runner, "plan", "1.0.0", "latest", "--json")
+    result = cli("plan", "1.0.0", "latest", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["target"] == "1.2.0"
 
 
-def test_converters_option_beats_environment(runner, example_dir, tmp_path, monkeypatch):
+def test_converters_option_beats_environment(example_dir, tmp_path, monkeypatch):
     """--converters wins over CKPT_PATH_CONVERTERS."""
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere"))
-    result = invoke(runner, "plan", "1.0.0", "latest", "--json", "--converters", example_dir)
+    result = cli("plan", "1.0.0", "latest", "--json", "--converters", example_dir)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["target"] == "1.2.0"
 
 
-def test_converters_from_pyproject(runner, example_dir, tmp_path, monkeypatch):
+def test_converters_from_pyproject(example_dir, tmp_path, monkeypatch):
     """Without option or environment, `[tool.ckpt-path] converters` in ./pyproject.toml is used."""
     project = tmp_path / "project"
     project.mkdir()
@@ -274,15 +250,15 @@ def test_converters_from_pyproject(runner, example_dir, tmp_path, monkeypatch):
         f'[tool.ckpt-path]\nconverters = "../{example_dir.name}"\n', encoding="utf-8"
     )
     monkeypatch.chdir(project)
-    result = invoke(runner, "versions")
+    result = cli("versions")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0].startswith("1.2.0")
 
 
-def test_converters_in_the_working_directory(runner, example_dir, monkeypatch):
+def test_converters_in_the_working_directory(example_dir, monkeypatch):
     """Without any setting, ./converters is used."""
     monkeypatch.chdir(example_dir.parent)
-    result = invoke(runner, "plan", "1.0.0", "1.1.0", "--json")
+    result = cli("plan", "1.0.0", "1.1.0", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"][0]["file"] == str(Path("converters", "a_upgrade.py"))
 
@@ -295,6 +271,7 @@ def console_script():
     return found
 
 
+@pytest.mark.slow
 def test_installed_command_plans_the_example():
     """The installed `ckpt-path` plans the bundled example from 0.1.0 to latest, as the API does."""
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
@@ -317,6 +294,7 @@ def test_installed_command_plans_the_example():
     assert data == registry.plan("0.1.0", "latest").to_dict()
 
 
+@pytest.mark.slow
 def test_installed_command_fails_cleanly(example_dir):
     """The installed `ckpt-path` reports an unknown version in one line, exit 1, no traceback."""
     done = subprocess.run(
@@ -342,8 +320,7 @@ def test_plan_of_a_checkpoint_predicts_each_steps_shapes(tmp_path):
     ckpt["ckpt_path"] = {"version": "0.1.0", "history": []}
     path = tmp_path / "old.ckpt"
     torch.save(ckpt, path)
-    repo_converters = str(Path(__file__).resolve().parents[1] / "converters")
-    result = CliRunner().invoke(app, ["plan", str(path), "1.0.0", "--converters", repo_converters])
+    result = cli("plan", path, "1.0.0", "--converters", EXAMPLE_CONVERTERS)
     assert result.exit_code == 0, result.output
     assert "predicted on the shapes of" in result.stdout
     assert "concatenated 3 into processor.qkv_proj.{p} along dim 0, 2 times" in result.stdout

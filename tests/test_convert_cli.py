@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner, Result
 
 from ckpt_fixtures import (
     CKPT_PATH_BIN,
@@ -22,27 +21,17 @@ from ckpt_fixtures import (
     lightning,
     temp_files,
     write_ckpt,
-    write_converter,
-    write_example_converters,
     write_unsafe_checkpoint,
     write_v010,
 )
-from ckpt_path.cli import app
 from ckpt_path.registry import ENV_VAR
 from ckpt_path.stamp import STAMP_KEY, Stamp, write_stamp
+from helpers import EXAMPLE_CONVERTERS, assert_one_line_error, cli, write_converter
 
-REPO_CONVERTERS = Path(__file__).resolve().parents[1] / "converters"
-"""The repository's converters: only read, never written."""
-
-EXAMPLE_PATH = ["001_rename_grid_mlp", "002_reorder_msl", "004_fuse_qkv", "008_output_scale"]
-"""The converters that take 0.1.0 to latest (1.1.0) in the example graph."""
+EXAMPLE_PATH = ["001_rename_grid_mlp", "002_move_msl", "003_fuse_qkv", "006_output_scale"]
+"""The converters that take 0.1.0 to latest (1.1.0) in the shipped example history."""
 
 V010_BYTES = 4 * sum(torch.Size(shape).numel() for shape in V010_SHAPES.values())
-
-
-def cli(*args: object) -> Result:
-    """Run ``ckpt-path ARGS`` in process and return typer's result."""
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def user_env() -> dict[str, str]:
@@ -70,18 +59,6 @@ def load(path: Path) -> Any:
     return torch.load(path, weights_only=True)
 
 
-def assert_one_line_error(result: Result) -> str:
-    """Assert the CLI failed as the contract says (exit 1, one ``error:`` line) and return that line."""
-    assert result.exit_code == 1, result.output
-    # SystemExit means the CLI turned the failure into an exit code; anything else escaped it.
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
 @pytest.fixture
 def v010(tmp_path: Path) -> Path:
     """Write an unstamped Lightning checkpoint of the example model at 0.1.0."""
@@ -92,12 +69,6 @@ def v010(tmp_path: Path) -> Path:
 def v010_stamped(tmp_path: Path) -> Path:
     """Write the same checkpoint, stamped 0.1.0."""
     return write_v010(tmp_path / "in" / "v010-stamped.ckpt", version="0.1.0")
-
-
-@pytest.fixture
-def examples(tmp_path: Path) -> Path:
-    """Write the example converters (0.1.0 to 1.1.0, lam branch, lossy downgrade) in ``tmp_path``."""
-    return write_example_converters(tmp_path / "examples")
 
 
 @pytest.fixture
@@ -147,16 +118,27 @@ def test_convert_writes_stamped_output_and_keeps_input(v010, v010_stamped, out_d
     assert torch.equal(sd["g2m_gnn.grid_mlp.weight"], old["g2m_gnn.grid_mlp.0.weight"])
     assert converted["epoch"] == original["epoch"]
     assert converted["optimizer_states"][0]["param_groups"] == original["optimizer_states"][0]["param_groups"]
-    # 002_reorder_msl moves msl in the feature list as well as in the tensors.
-    assert converted["hyper_parameters"]["features"] == ["u", "msl", "v", "t", "q", "z"]
+    assert converted["hyper_parameters"] == original["hyper_parameters"]
     assert sorted(p.name for p in out_dir.iterdir()) == ["v110.ckpt"]
+
+
+def test_convert_keeps_what_a_convert_function_changes_outside_the_state_dict(v010_stamped, out_dir, tmp_path):
+    """A convert function may change the checkpoint outside its state dict; the output keeps that change."""
+    converters = tmp_path / "converters"
+    body = 'features = ckpt["hyper_parameters"]["features"]\nfeatures.insert(1, features.pop(3))\nreturn ckpt'
+    write_converter(converters, "reorder_features", "0.1.0", "0.2.0", body, touches=[])
+    out = out_dir / "v020.ckpt"
+    result = cli("convert", v010_stamped, "-o", out, "--converters", converters)
+    assert result.exit_code == 0, result.output
+    assert load(out)["hyper_parameters"]["features"] == ["u", "msl", "v", "t", "q", "z"]
+    assert load(v010_stamped)["hyper_parameters"]["features"] == ["u", "v", "t", "msl", "q", "z"]
 
 
 def test_convert_with_the_repository_converters(v010, out_dir):
     """The repository's own converters take a hand-made 0.1.0 checkpoint to latest (1.1.0)."""
     before = digest(v010)
     out = out_dir / "v110.ckpt"
-    result = cli("convert", v010, "--from", "0.1.0", "-o", out, "--converters", REPO_CONVERTERS, "--json")
+    result = cli("convert", v010, "--from", "0.1.0", "-o", out, "--converters", EXAMPLE_CONVERTERS, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["target"] == "1.1.0"
     converted = load(out)
@@ -235,7 +217,7 @@ def test_dry_run_text_says_nothing_written(v010_stamped, out_dir, examples):
     result = cli("convert", v010_stamped, "-o", out_dir / "x.ckpt", "--dry-run", "--converters", examples)
     assert result.exit_code == 0, result.output
     assert "nothing written" in result.stdout
-    assert "+ processor.qkv_proj.weight [48, 16] float32" in result.stdout
+    assert "+ g2m_gnn.grid_mlp.weight [16, 16] float32" in result.stdout
     assert list(out_dir.iterdir()) == []
 
 
@@ -263,7 +245,7 @@ def test_lossy_path_needs_allow_lossy(v010_stamped, out_dir, examples):
     converted = load(down)
     assert converted[STAMP_KEY]["version"] == "1.0.0"
     assert "output_scale" not in converted["state_dict"]
-    assert [h["converter"] for h in converted[STAMP_KEY]["history"]][-1] == "009_drop_output_scale"
+    assert [h["converter"] for h in converted[STAMP_KEY]["history"]][-1] == "006_output_scale:inverse"
 
 
 # --- convert: stamps and outputs ----------------------------------------------------------------
@@ -343,7 +325,7 @@ Scenario = Callable[[Path, Path], tuple[Path, list[object], str]]
 """Build a failing case in (tmp_path, converters dir): return (INPUT, extra args, a part of the error)."""
 
 
-def _one_converter(body: str, expected: str, **literals: object) -> Scenario:
+def _one_converter(body: str, expected: str, **literals: Any) -> Scenario:
     def build(tmp: Path, converters: Path) -> tuple[Path, list[object], str]:
         write_converter(converters, "step", "1.0.0", "1.1.0", body, **literals)
         return write_small(tmp / "in" / "small.ckpt", version="1.0.0"), [], expected
@@ -446,16 +428,6 @@ FAILURES: dict[str, Scenario] = {
 }
 
 
-@pytest.fixture
-def payload_modules() -> Iterator[None]:
-    """Forget the payload modules a test imported, so they cannot leak into another test."""
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("ckpt_payload_"):
-            del sys.modules[name]
-
-
 @pytest.mark.usefixtures("payload_modules")
 @pytest.mark.parametrize("scenario", FAILURES.values(), ids=FAILURES)
 def test_convert_failure_is_one_line_and_writes_nothing(tmp_path, out_dir, scenario):
@@ -503,6 +475,7 @@ def test_unsafe_input_ran_nothing(tmp_path, out_dir):
 # --- the installed command ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_installed_command_converts(v010_stamped, out_dir, examples):
     """The installed ckpt-path converts a checkpoint in a subprocess and prints its JSON report."""
     out = out_dir / "v110.ckpt"
@@ -514,6 +487,7 @@ def test_installed_command_converts(v010_stamped, out_dir, examples):
     assert digest(v010_stamped) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["truncated input", "text input", "shape mismatch"])
 def test_installed_command_failure_has_no_traceback(tmp_path, out_dir, name):
     """The installed ckpt-path reports a failure as one `error:` line on stderr, exit 1, no traceback."""

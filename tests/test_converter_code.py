@@ -11,7 +11,7 @@ import torch
 
 import ckpt_path
 from ckpt_path import StepError
-from ckpt_path.runner import load_converter_code
+from ckpt_path.runner import load_converter_code, run
 
 CONVERTER = '''"""Record which helper ran."""
 
@@ -45,7 +45,7 @@ def converters(directory: Path, who: str, *, imports: str = "import _helpers", e
 def who_ran(directory: Path) -> object:
     """Read ``directory`` as a registry, run 1.0 -> 1.1 and return what the converter recorded."""
     registry = ckpt_path.Registry.from_directory(directory)
-    outcome = ckpt_path.run(registry.plan("1.0", "1.1"), {"state_dict": {"w": torch.zeros(1)}})
+    outcome = run(registry.plan("1.0", "1.1"), {"state_dict": {"w": torch.zeros(1)}})
     return outcome.checkpoint["who"]
 
 
@@ -134,7 +134,7 @@ def test_converter_edited_after_the_graph_was_read_is_refused(tmp_path):
     path = directory / "001_up.py"
     path.write_text(path.read_text(encoding="utf-8").replace("_helpers.WHO", "'edited'"), encoding="utf-8")
     with pytest.raises(StepError, match="changed after the graph was read"):
-        ckpt_path.run(registry.plan("1.0", "1.1"), {"state_dict": {"w": torch.zeros(1)}})
+        run(registry.plan("1.0", "1.1"), {"state_dict": {"w": torch.zeros(1)}})
 
 
 def test_module_is_cached_per_file_content(tmp_path):

@@ -22,7 +22,7 @@ from ckpt_path import (
 from ckpt_path.converters import FileCode, FunctionCode
 from ckpt_path.errors import SettingsError
 from ckpt_path.registry import ENV_VAR
-from conftest import EXAMPLE_CONVERTERS
+from helpers import EXAMPLE_CONVERTERS, build_registry, write_converter
 
 
 def write(path: Path, text: str) -> Path:
@@ -133,7 +133,7 @@ def test_display_name_is_used_in_errors(tmp_path):
         read_converter_file(path, display="converters/bad.py")
 
 
-def test_error_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch, write_converter):
+def test_error_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
     """Reading a directory below the working directory names files relative to it."""
     write_converter(tmp_path / "conv", "ok", "0.1.0", "0.2.0")
     write(tmp_path / "conv" / "broken.py", 'source = "0.2.0"\ntarget = "0.3.0"\n')
@@ -143,7 +143,7 @@ def test_error_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch
     assert info.value.file == str(Path("conv", "broken.py"))
 
 
-def test_reads_every_literal(tmp_path, write_converter):
+def test_reads_every_literal(tmp_path):
     """A converter file's literals become the converter's fields; the name is the file's stem."""
     path = write_converter(
         tmp_path,
@@ -174,7 +174,7 @@ def test_reads_every_literal(tmp_path, write_converter):
     assert converter.digest.startswith("sha256:")
 
 
-def test_defaults(tmp_path, write_converter):
+def test_defaults(tmp_path):
     """Without the optional literals a converter is lossless, costs 1 and may touch any key."""
     converter = read_converter_file(write_converter(tmp_path, "plain", "0.1.0", "0.2.0"))
     assert (converter.lossy, converter.cost, converter.touches, converter.reversible) == (False, 1.0, None, False)
@@ -189,7 +189,7 @@ def test_annotated_literals_are_read(tmp_path):
     assert (str(converter.source), str(converter.target), converter.cost) == ("0.1.0", "0.2.0", 2.0)
 
 
-def test_single_touches_pattern_becomes_a_tuple(tmp_path, write_converter):
+def test_single_touches_pattern_becomes_a_tuple(tmp_path):
     """`touches = "pattern"` is one pattern, not a sequence of characters."""
     converter = read_converter_file(write_converter(tmp_path, "one", "0.1.0", "0.2.0", touches="head.*"))
     assert converter.touches == ("head.*",)
@@ -205,13 +205,13 @@ def test_single_touches_pattern_becomes_a_tuple(tmp_path, write_converter):
         (None, "0.1.0 -> 0.2.0"),
     ],
 )
-def test_description_is_the_docstring_first_line(tmp_path, write_converter, doc, description):
+def test_description_is_the_docstring_first_line(tmp_path, doc, description):
     """The module docstring's first line describes the step; without one, the edge does."""
     converter = read_converter_file(write_converter(tmp_path, "c", "0.1.0", "0.2.0", doc=doc))
     assert converter.description == description
 
 
-def test_digest_follows_the_file_content(tmp_path, write_converter):
+def test_digest_follows_the_file_content(tmp_path):
     """The digest is stable for the same bytes and changes when the file changes."""
     path = write_converter(tmp_path, "c", "0.1.0", "0.2.0")
     first = read_converter_file(path).digest
@@ -222,20 +222,20 @@ def test_digest_follows_the_file_content(tmp_path, write_converter):
     assert read_converter_file(path).digest != first
 
 
-def test_ops_file_is_kind_ops(tmp_path, write_converter):
+def test_ops_file_is_kind_ops(tmp_path):
     """A file with `ops` instead of `convert` is an ops converter; one with convert is not."""
     ops = read_converter_file(write_converter(tmp_path, "o", "0.1.0", "0.2.0", code=OPS))
     convert = read_converter_file(write_converter(tmp_path, "c", "0.1.0", "0.2.0"))
     assert (ops.kind, convert.kind) == ("ops", "convert")
 
 
-def test_convert_may_be_bound_by_assignment(tmp_path, write_converter):
+def test_convert_may_be_bound_by_assignment(tmp_path):
     """`convert = factory(...)` counts as defining convert: only literals must be literal."""
     path = write_converter(tmp_path, "c", "0.1.0", "0.2.0", code="convert = make_converter('a', 'b')\n")
     assert read_converter_file(path).kind == "convert"
 
 
-def test_reading_does_not_run_the_file(tmp_path, write_converter):
+def test_reading_does_not_run_the_file(tmp_path):
     """Reading converters, building the graph and planning never execute a converter file."""
     marker = tmp_path / "ran"
     code = (
@@ -273,7 +273,7 @@ def plan_in_subprocess(directory, source):
     return json.loads(done.stdout)
 
 
-def test_planning_does_not_import_torch(tmp_path, write_converter):
+def test_planning_does_not_import_torch(tmp_path):
     """Reading converter files that `import torch` and planning over them leave torch unimported."""
     code = "import torch\n\n\ndef convert(ckpt):\n    return {k: torch.as_tensor(v) for k, v in ckpt.items()}\n"
     directory = tmp_path / "converters"
@@ -289,7 +289,7 @@ def test_planning_the_bundled_example_does_not_import_torch():
     assert result["steps"] > 0
 
 
-def test_only_public_python_files_are_converters(tmp_path, write_converter):
+def test_only_public_python_files_are_converters(tmp_path):
     """Helpers (`_*.py`), other files, schemas/ and directories are not read as converters."""
     directory = tmp_path / "converters"
     write_converter(directory, "b_second", "0.2.0", "0.3.0")
@@ -313,7 +313,7 @@ def test_missing_directory(tmp_path):
     assert info.value.file == str(tmp_path / "nowhere")
 
 
-def test_duplicate_edge_names_both_files(tmp_path, write_converter):
+def test_duplicate_edge_names_both_files(tmp_path):
     """Two files for the same source -> target raise DuplicateConverterError naming both."""
     directory = tmp_path / "converters"
     first = write_converter(directory, "a", "1.0.0", "1.1.0")
@@ -328,7 +328,7 @@ def test_duplicate_edge_names_both_files(tmp_path, write_converter):
     assert str(second) in str(error)
 
 
-def test_every_duplicate_edge_is_reported_at_once(tmp_path, write_converter):
+def test_every_duplicate_edge_is_reported_at_once(tmp_path):
     """Two edges each claimed twice are one DuplicateConverterError naming all four files."""
     directory = tmp_path / "converters"
     files = [
@@ -346,7 +346,7 @@ def test_every_duplicate_edge_is_reported_at_once(tmp_path, write_converter):
     assert all(str(f) in str(info.value) for f in files)
 
 
-def test_reversible_ops_file_registers_the_inverse(tmp_path, write_converter):
+def test_reversible_ops_file_registers_the_inverse(tmp_path):
     """A reversible ops file adds both source -> target and target -> source."""
     directory = tmp_path / "converters"
     path = write_converter(directory, "swap", "1.0.0", "1.1.0", reversible=True, doc="Swap.", code=OPS)
@@ -362,7 +362,7 @@ def test_reversible_ops_file_registers_the_inverse(tmp_path, write_converter):
 
 
 @pytest.mark.parametrize("reversible_first", [True, False])
-def test_inverse_clashing_with_a_file_is_a_duplicate(tmp_path, write_converter, reversible_first):
+def test_inverse_clashing_with_a_file_is_a_duplicate(tmp_path, reversible_first):
     """The inverse of a reversible file and an explicit file for the same edge are duplicates."""
     directory = tmp_path / "converters"
     reversible = write_converter(directory, "swap", "1.0.0", "1.1.0", reversible=True, code=OPS)
@@ -376,9 +376,9 @@ def test_inverse_clashing_with_a_file_is_a_duplicate(tmp_path, write_converter, 
     assert set(info.value.files) == {f"{reversible} (inverse of reversible)", str(explicit)}
 
 
-def test_duplicate_in_code_names_the_functions(make_registry):
+def test_duplicate_in_code_names_the_functions():
     """Two in-memory converters for one edge are named by their code origin."""
-    registry = make_registry([("1.0", "1.1"), ("1.0", "1.1", {"cost": 2})])
+    registry = build_registry([("1.0", "1.1"), ("1.0", "1.1", {"cost": 2})])
     with pytest.raises(DuplicateConverterError, match=r"<code:1\.0->1\.1> and <code:1\.0->1\.1>"):
         registry.plan("1.0", "1.1")
 
@@ -486,7 +486,7 @@ class TestFindConvertersDir:
             find_converters_dir()
         assert info.value.file == str(tmp_path / "pyproject.toml")
 
-    def test_registry_reads_the_found_directory(self, tmp_path, monkeypatch, write_converter):
+    def test_registry_reads_the_found_directory(self, tmp_path, monkeypatch):
         """Registry.from_directory() without an argument reads the directory found."""
         write_converter(tmp_path / "project" / "conv", "a", "0.1.0", "0.2.0")
         write(tmp_path / "project" / "pyproject.toml", '[tool.ckpt-path]\nconverters = "conv"\n')

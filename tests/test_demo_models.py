@@ -64,7 +64,9 @@ def _model(version: str, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module
     return model.double()
 
 
-def _difference(source: str, source_sd: dict, target: str, target_sd: dict) -> float:
+def _difference(
+    source: str, source_sd: dict[str, torch.Tensor], target: str, target_sd: dict[str, torch.Tensor]
+) -> float:
     """Largest difference between the two versions' forecasts of the same fields, by name."""
     fields = {name: field.double() for name, field in make_fields(seed=SEED + 100, batch=3, nodes=7).items()}
     before = outputs(_model(source, source_sd), fields, source)
@@ -159,7 +161,7 @@ def _scale_twos(ckpt):
     return ckpt
 
 
-WRONG_CONVERSIONS: list[tuple[str, str, Callable[[dict], dict]]] = [
+WRONG_CONVERSIONS: list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]] = [
     ("0.2.0", "0.3.0", _skip_msl_reorder),
     ("0.2.0", "0.3.0", _swap_msl),
     ("0.2.0", "0.3.0", _reorder_input_only),

@@ -17,20 +17,23 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import ckpt_path
-from ckpt_fixtures import digest, lightning, temp_files, write_converter
-from ckpt_path.checkpoint import Stamp, get_state_dict, write_stamp
-from ckpt_path.cli import app
+from ckpt_fixtures import digest, lightning, temp_files
+from ckpt_path.checkpoint import get_state_dict, load_checkpoint, save_checkpoint
+from ckpt_path.commands import inspect_file, load
 from ckpt_path.registry import ENV_VAR
+from ckpt_path.runner import run
+from ckpt_path.stamp import Stamp, read_stamp, write_stamp
+from helpers import assert_one_line_error, cli, write_converter
 
 SOURCE_VERSION = "1.0.0"
 TARGET_VERSION = "1.1.0"
@@ -73,27 +76,10 @@ OUTPUTS = {
     "sharded": "out/model.safetensors.index.json",
 }
 MiB = 1 << 20
+V = TypeVar("V")
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def cli(*args: object) -> Result:
-    """Run ``ckpt-path ARGS`` in process and return typer's result."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> str:
-    """Assert exit 1 with one ``error:`` line on stderr, no traceback, naming each fragment; return it."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
-    return lines[0]
 
 
 def sample_state_dict() -> dict[str, torch.Tensor]:
@@ -112,7 +98,7 @@ def sample_state_dict() -> dict[str, torch.Tensor]:
     }
 
 
-def renamed(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def renamed(state_dict: Mapping[str, V]) -> dict[str, V]:
     """Return what the rename path makes of ``state_dict``: ``old.*`` becomes ``new.*``."""
     return {("new." + k.removeprefix("old.") if k.startswith("old.") else k): v for k, v in state_dict.items()}
 
@@ -156,8 +142,8 @@ def assert_history(history: Iterable[Mapping[str, Any]], converters: Path) -> No
 
 def assert_stamped(path: Path, converters: Path) -> None:
     """Assert the checkpoint at ``path`` is stamped with the target version and the right history."""
-    loaded = ckpt_path.load_checkpoint(path)
-    stamp = ckpt_path.read_stamp(loaded.obj, loaded.state_dict_at)
+    loaded = load_checkpoint(path)
+    stamp = read_stamp(loaded.obj, loaded.state_dict_at)
     assert stamp is not None
     assert stamp.version == TARGET_VERSION
     assert_history(stamp.history, converters)
@@ -174,7 +160,8 @@ def assert_metadata_stamped(metadata: Mapping[str, Any] | None, converters: Path
 def st_metadata(path: Path) -> dict[str, str] | None:
     """Return a safetensors file's ``__metadata__`` as the safetensors library reads it."""
     with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata()
+        metadata: dict[str, str] | None = handle.metadata()
+    return metadata
 
 
 def st_keys(path: Path) -> set[str]:
@@ -185,7 +172,8 @@ def st_keys(path: Path) -> set[str]:
 
 def read_index(index: Path) -> dict[str, Any]:
     """Return the JSON of a sharded layout's index."""
-    return json.loads(index.read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(index.read_text(encoding="utf-8"))
+    return data
 
 
 def shard_files(index: Path) -> list[Path]:
@@ -287,7 +275,7 @@ def test_convert_between_formats_keeps_bits_dtypes_and_stamp(tmp_path, converter
     result = convert(source, output, converters)
 
     assert result.exit_code == 0, result.output
-    loaded = ckpt_path.load_checkpoint(output)
+    loaded = load_checkpoint(output)
     assert_same_tensors(loaded.state_dict, renamed(state_dict))
     assert_stamped(output, converters)
     if target_format in SAFETENSORS_FORMATS:
@@ -325,11 +313,11 @@ def test_file_written_by_safetensors_library_loads_with_metadata_and_stamp(tmp_p
     save_file(state_dict, str(plain), metadata={"format": "pt"})
     save_file(state_dict, str(stamped), metadata={"format": "pt", **STAMP_METADATA})
 
-    loaded = ckpt_path.load_checkpoint(plain)
+    loaded = load_checkpoint(plain)
     assert (loaded.format, loaded.state_dict_at, loaded.metadata) == ("safetensors", (), {"format": "pt"})
     assert_same_tensors(loaded.state_dict, state_dict)
-    assert ckpt_path.read_stamp(loaded.obj) is None
-    stamp = ckpt_path.read_stamp(ckpt_path.load_checkpoint(stamped).obj)
+    assert read_stamp(loaded.obj) is None
+    stamp = read_stamp(load_checkpoint(stamped).obj)
     assert stamp == Stamp(version=SOURCE_VERSION, history=(EARLIER_STEP,))
 
 
@@ -345,7 +333,7 @@ def test_file_written_by_ckpt_path_loads_with_safetensors_library(tmp_path):
         "scalar": torch.tensor(2.5, dtype=torch.bfloat16),
     }
     stamped = write_stamp(OrderedDict(state_dict), (), SOURCE_STAMP)
-    path = ckpt_path.save_checkpoint(stamped, tmp_path / "out.safetensors", metadata={"format": "pt"})
+    path = save_checkpoint(stamped, tmp_path / "out.safetensors", metadata={"format": "pt"})
 
     assert_same_tensors(load_file(str(path)), {k: v.contiguous() for k, v in state_dict.items()})
     assert st_metadata(path) == {"format": "pt", **STAMP_METADATA}
@@ -360,8 +348,8 @@ def test_sharded_output_loads_into_module_strictly(tmp_path, converters):
             self.new = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
 
     trained = Net()
-    trained.new[1].running_mean.add_(1.5)
-    trained.new[1].num_batches_tracked.add_(7)
+    trained.get_buffer("new.1.running_mean").add_(1.5)
+    trained.get_buffer("new.1.num_batches_tracked").add_(7)
     expected = trained.state_dict()
     old = OrderedDict(("old." + k.removeprefix("new."), v) for k, v in expected.items())
     source = tmp_path / "weights.pt"
@@ -371,7 +359,7 @@ def test_sharded_output_loads_into_module_strictly(tmp_path, converters):
     result = convert(source, output, converters)
 
     assert result.exit_code == 0, result.output
-    for state_dict in (ckpt_path.load_checkpoint(output).obj, load_with_safetensors(output)):
+    for state_dict in (load_checkpoint(output).obj, load_with_safetensors(output)):
         model = Net()
         model.load_state_dict(state_dict, strict=True)
         assert_same_tensors(model.state_dict(), expected)
@@ -407,7 +395,7 @@ def test_three_shard_input_is_resharded_at_its_largest_shard_size(tmp_path, conv
     result = convert(index, output, converters)
 
     assert result.exit_code == 0, result.output
-    assert_same_tensors(ckpt_path.load_checkpoint(output).state_dict, expected)
+    assert_same_tensors(load_checkpoint(output).state_dict, expected)
     layout = read_index(output)
     weight_map = layout["weight_map"]
     assert sorted(weight_map) == sorted(expected)
@@ -435,7 +423,7 @@ def test_tensor_larger_than_shard_size_gets_a_shard_of_its_own(tmp_path):
     }
     index = tmp_path / "model.safetensors.index.json"
 
-    ckpt_path.save_checkpoint(state_dict, index, shard_size=3 * 1024)
+    save_checkpoint(state_dict, index, shard_size=3 * 1024)
 
     weight_map = read_index(index)["weight_map"]
     holders = {name: {k for k, n in weight_map.items() if n == name} for name in set(weight_map.values())}
@@ -453,7 +441,7 @@ def test_force_onto_layout_with_more_shards_removes_its_stale_shards(tmp_path, c
     write_sharded(index, shards, STAMP_METADATA)
     output = tmp_path / "out" / "model.safetensors.index.json"
     old = {f"old.layer{i}": torch.full((ELEMENTS,), -1.0) for i in range(5)}
-    ckpt_path.save_checkpoint(old, output, shard_size=ELEMENTS * 4)
+    save_checkpoint(old, output, shard_size=ELEMENTS * 4)
     assert len(shard_files(output)) == 5
     before = tree(output.parent)
 
@@ -466,7 +454,7 @@ def test_force_onto_layout_with_more_shards_removes_its_stale_shards(tmp_path, c
 
     assert result.exit_code == 0, result.output
     expected = renamed({k: v for shard in shards for k, v in shard.items()})
-    assert_same_tensors(ckpt_path.load_checkpoint(output).state_dict, expected)
+    assert_same_tensors(load_checkpoint(output).state_dict, expected)
     left = sorted(p.name for p in output.parent.iterdir())
     assert left == sorted([output.name, *(p.name for p in shard_files(output))])
     assert not any("-of-00005" in name for name in left)
@@ -481,24 +469,24 @@ def test_writing_a_layout_leaves_other_layouts_in_its_directory_alone(tmp_path, 
     directory = tmp_path / "out"
     output = directory / "model.safetensors.index.json"
     if force:  # written first: the other order is refused, as the new-layout case shows
-        ckpt_path.save_checkpoint({"x": torch.zeros(3)}, output)
+        save_checkpoint({"x": torch.zeros(3)}, output)
     ema = {f"ema.{i}": torch.full((ELEMENTS,), float(i)) for i in range(2)}
     ema_index = directory / "model-ema.safetensors.index.json"
-    ckpt_path.save_checkpoint(ema, ema_index, shard_size=ELEMENTS * 4)
+    save_checkpoint(ema, ema_index, shard_size=ELEMENTS * 4)
     ema_files = {p.name: digest(p) for p in [ema_index, *shard_files(ema_index)]}
 
     result = convert(index, output, converters, *(["--force"] if force else []))
 
     assert result.exit_code == 0, result.output
     assert {name: digest(directory / name) for name in ema_files if (directory / name).exists()} == ema_files
-    assert_same_tensors(ckpt_path.load_checkpoint(ema_index).state_dict, ema)
+    assert_same_tensors(load_checkpoint(ema_index).state_dict, ema)
 
 
 def test_interrupted_forced_write_keeps_the_old_layout(tmp_path):
     """Ctrl-C after the first shard of a forced write leaves the old layout whole: same files, same tensors."""
     output = tmp_path / "out" / "model.safetensors.index.json"
     old = {f"layer{i}": torch.full((ELEMENTS,), 1.0) for i in range(4)}
-    ckpt_path.save_checkpoint(old, output, shard_size=2 * ELEMENTS * 4)
+    save_checkpoint(old, output, shard_size=2 * ELEMENTS * 4)
     assert len(shard_files(output)) == 2
     before = tree(output.parent)
     new = {f"layer{i}": torch.full((ELEMENTS,), 2.0) for i in range(4)}
@@ -508,12 +496,10 @@ def test_interrupted_forced_write_keeps_the_old_layout(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ckpt_path.save_checkpoint(
-            new, output, force=True, shard_size=2 * ELEMENTS * 4, progress=interrupt_after_first_shard
-        )
+        save_checkpoint(new, output, force=True, shard_size=2 * ELEMENTS * 4, progress=interrupt_after_first_shard)
 
     assert tree(output.parent) == before
-    assert_same_tensors(ckpt_path.load_checkpoint(output).state_dict, old)
+    assert_same_tensors(load_checkpoint(output).state_dict, old)
 
 
 # --- 4. checkpoints with more than a state dict ------------------------------------------------
@@ -676,7 +662,9 @@ def write_big(fmt: str, directory: Path) -> tuple[Path, dict[str, tuple[Path, in
         keys = list(tensors)
         thirds = [{k: tensors[k] for k in keys[i::3]} for i in range(3)]
         files = write_sharded(path, thirds, STAMP_METADATA)
-    where = {key: (file, offset) for file in files for key, offset in data_offsets(file).items()}
+    where: dict[str, tuple[Path, int | None]] = {
+        key: (file, offset) for file in files for key, offset in data_offsets(file).items()
+    }
     return path, where
 
 
@@ -686,10 +674,9 @@ def test_rename_only_path_reads_no_tensor_data(tmp_path, converters, fmt):
     source, where = write_big(fmt, tmp_path / "src")
     files = {file for file, _ in where.values()}
     plan = ckpt_path.Registry.from_directory(converters).plan(SOURCE_VERSION, TARGET_VERSION)
-    load, run = ckpt_path.load_checkpoint, ckpt_path.run  # imported before anything is measured
-    read_before = bytes_read()
+    read_before = bytes_read()  # load_checkpoint and run are imported (at the top) before anything is measured
 
-    loaded = load(source)
+    loaded = load_checkpoint(source)
     result = run(plan, loaded.obj)
 
     read = bytes_read() - read_before
@@ -716,7 +703,6 @@ def test_rename_only_path_reads_no_tensor_data(tmp_path, converters, fmt):
 def test_inspect_safetensors_reads_only_the_header(tmp_path):
     """``inspect`` of a 48 MiB safetensors file is right while reading and mapping in almost nothing but the header."""
     source, _ = write_big("safetensors", tmp_path)
-    inspect_file = ckpt_path.inspect_file  # imported before anything is measured
     read_before = bytes_read()
     baseline = reset_peak_memory()
 
@@ -737,7 +723,7 @@ def test_inspect_safetensors_reads_only_the_header(tmp_path):
 
     # The control: the same measurement sees a load that does touch the data.
     baseline = reset_peak_memory()
-    total = sum(float(t.sum()) for t in ckpt_path.load_checkpoint(source).state_dict.values())
+    total = sum(float(t.sum()) for t in load_checkpoint(source).state_dict.values())
     assert total == sum(range(BIG_COUNT)) * 1024 * 1024
     assert status("VmHWM") - baseline > BIG_BYTES * 9 // 10
 
@@ -751,7 +737,7 @@ def test_converter_writing_into_tensors_never_changes_the_input(tmp_path, fmt):
     directory = tmp_path / "converters"
     write_converter(directory, "bump", SOURCE_VERSION, TARGET_VERSION, body=BUMP_BODY, touches=[])
 
-    result = ckpt_path.load(source, TARGET_VERSION, registry=ckpt_path.Registry.from_directory(directory))
+    result = load(source, TARGET_VERSION, registry=ckpt_path.Registry.from_directory(directory))
 
     state_dict = get_state_dict(result, ("state_dict",) if fmt == "torch" else ())
     assert torch.all(state_dict["old.5"] == 6.0)
@@ -898,7 +884,7 @@ def test_existing_output_is_replaced_only_with_force(tmp_path, converters, targe
     replaced = convert(second, output, converters, "--force")
 
     assert replaced.exit_code == 0, replaced.output
-    assert_same_tensors(ckpt_path.load_checkpoint(output).state_dict, renamed(second_state_dict))
+    assert_same_tensors(load_checkpoint(output).state_dict, renamed(second_state_dict))
     assert temp_files(output.parent) == []
 
 
@@ -919,13 +905,17 @@ def test_stamp_safetensors_in_place(tmp_path, source_format):
     result = cli("stamp", path, SOURCE_VERSION)
 
     assert result.exit_code == 0, result.output
-    loaded = ckpt_path.load_checkpoint(path)
+    loaded = load_checkpoint(path)
     assert_same_tensors(loaded.state_dict, state_dict)
-    assert ckpt_path.read_stamp(loaded.obj) == Stamp(version=SOURCE_VERSION)
+    assert read_stamp(loaded.obj) == Stamp(version=SOURCE_VERSION)
     for file in safetensors_files(path):
-        assert st_metadata(file)["ckpt_path.version"] == SOURCE_VERSION
+        metadata = st_metadata(file)
+        assert metadata is not None
+        assert metadata["ckpt_path.version"] == SOURCE_VERSION
     if source_format == "safetensors":
-        assert st_metadata(path)["format"] == "pt"
+        metadata = st_metadata(path)
+        assert metadata is not None
+        assert metadata["format"] == "pt"
     assert temp_files(directory) == []
 
 
@@ -939,6 +929,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_failed_write_is_one_line_error_and_leaves_nothing(tmp_path, converters):
     """A write the file system refuses (a full disk) is one ``error:`` line, exit 1; no output, no temp file."""
     source = write_input("safetensors", tmp_path / "src", {"old.w": torch.zeros(64 * 1024)})  # 256 KiB

@@ -22,19 +22,14 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from ckpt_path.checkpoint import load_checkpoint, save_checkpoint
-from ckpt_path.cli import app
 from ckpt_path.errors import CkptPathError
-
-ROOT = Path(__file__).resolve().parents[1]
-CONVERTERS = ROOT / "converters"
-"""The example history; only read."""
+from helpers import EXAMPLE_CONVERTERS, assert_one_line_error, cli
 
 VERSION = "0.1.0"
 CASES = 40
@@ -112,7 +107,7 @@ class Damage:
 
 def state_dict() -> dict[str, torch.Tensor]:
     """Return the example history's 0.1.0 state dict, filled with seeded random values."""
-    schema = json.loads((CONVERTERS / "schemas" / f"{VERSION}.json").read_text(encoding="utf-8"))
+    schema = json.loads((EXAMPLE_CONVERTERS / "schemas" / f"{VERSION}.json").read_text(encoding="utf-8"))
     generator = torch.Generator().manual_seed(0)
     return {key: torch.randn(entry["shape"], generator=generator) for key, entry in sorted(schema["tensors"].items())}
 
@@ -233,16 +228,10 @@ def case_params() -> Iterator[object]:
             yield pytest.param(fmt, case, id=f"{fmt}-{case}")
 
 
-def assert_success_or_one_error(result: Result, what: str) -> None:
+def assert_success_or_one_error(result: Result) -> None:
     """Assert the command succeeded, or exited 1 with one ``error:`` line and no traceback."""
-    if result.exit_code == 0:
-        return
-    assert isinstance(result.exception, SystemExit), f"{what}: {result.exception!r}"
-    assert result.exit_code == 1, f"{what}: exit {result.exit_code}: {result.output}"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"{what}: {result.stderr}"
-    assert lines[0].startswith("error: "), f"{what}: {lines[0]}"
-    assert "Traceback" not in result.output
+    if result.exit_code != 0:
+        assert_one_line_error(result)
 
 
 @pytest.mark.parametrize(("fmt", "case"), list(case_params()))
@@ -257,8 +246,6 @@ def test_damaged_input_is_read_or_refused_with_one_error(tmp_path, originals, fm
     with contextlib.suppress(CkptPathError):
         load_checkpoint(entry)
 
-    runner = CliRunner()
-    assert_success_or_one_error(runner.invoke(app, ["inspect", str(entry), "--converters", str(CONVERTERS)]), "inspect")
-    dry_run = runner.invoke(app, ["convert", str(entry), "--dry-run", "--converters", str(CONVERTERS)])
-    assert_success_or_one_error(dry_run, "convert --dry-run")
+    assert_success_or_one_error(cli("inspect", entry, "--converters", EXAMPLE_CONVERTERS))
+    assert_success_or_one_error(cli("convert", entry, "--dry-run", "--converters", EXAMPLE_CONVERTERS))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files), "a read wrote something"

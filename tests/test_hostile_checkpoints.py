@@ -18,25 +18,10 @@ from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner, Result
 
-from ckpt_path.cli import app
+from helpers import assert_one_line_error, cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: object) -> Result:
-    """Run ``ckpt-path ARGS`` in process."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error(result: Result) -> str:
-    """Assert exit 1 with one ``error:`` line and no traceback; return the line."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    (line,) = result.stderr.splitlines()
-    assert line.startswith("error: ")
-    return line
 
 
 def _sd() -> dict[str, torch.Tensor]:
@@ -98,7 +83,7 @@ def test_a_damaged_stamp_is_reported_never_trusted(tmp_path, converters, name):
     path = tmp_path / "in.ckpt"
     torch.save(obj, path)
     out = tmp_path / "out.ckpt"
-    line = one_error(cli("convert", path, "-o", out, "--converters", converters))
+    line = assert_one_line_error(cli("convert", path, "-o", out, "--converters", converters))
     assert f"the ckpt_path stamp is damaged ({problem})" in line
     assert not out.exists()
     described = cli("inspect", path, "--converters", converters)
@@ -119,7 +104,7 @@ def test_a_state_dict_key_that_is_not_a_string_is_one_error(tmp_path, converters
     path = tmp_path / "in.ckpt"
     torch.save(OrderedDict({"w": torch.zeros(2), 3: torch.zeros(1)}), path)
     for args in (("inspect", path), ("convert", path, "-o", tmp_path / "o.ckpt", "--from", "1.0.0")):
-        line = one_error(cli(*args, "--converters", converters))
+        line = assert_one_line_error(cli(*args, "--converters", converters))
         assert "has a key that is not a string (3 of type int)" in line
 
 
@@ -173,7 +158,9 @@ def test_a_moved_module_supplies_only_its_own_classes(tmp_path, monkeypatch, att
         "def convert(ckpt):\n    return ckpt\n",
         encoding="utf-8",
     )
-    line = one_error(cli("convert", path, "-o", tmp_path / "o.ckpt", "--converters", converters, "--from", "1.0.0"))
+    line = assert_one_line_error(
+        cli("convert", path, "-o", tmp_path / "o.ckpt", "--converters", converters, "--from", "1.0.0")
+    )
     assert f"the moved global {new}.{attribute} is" in line
     assert f"not a class defined under {new}" in line
     assert not marker.exists()
@@ -200,7 +187,7 @@ def test_a_compressed_pickle_is_refused_before_it_is_inflated(tmp_path, converte
     _rezip(plain, bomb, compress="data.pkl")
     calls: list[object] = []
     monkeypatch.setattr(torch, "load", lambda *args, **_: calls.append(args))
-    line = one_error(cli("convert", bomb, "-o", tmp_path / "o.ckpt", "--converters", converters))
+    line = assert_one_line_error(cli("convert", bomb, "-o", tmp_path / "o.ckpt", "--converters", converters))
     assert "data.pkl is compressed" in line
     assert calls == []
 
@@ -210,7 +197,7 @@ def test_an_oversized_pickle_is_refused_unless_the_limit_is_raised(tmp_path, con
     path = tmp_path / "in.ckpt"
     torch.save({"state_dict": _sd(), "ckpt_path": {"version": "1.0.0"}, "notes": "x" * 3_000_000}, path)
     monkeypatch.setenv("CKPT_PATH_MAX_PICKLE_MB", "1")
-    line = one_error(cli("convert", path, "-o", tmp_path / "o.ckpt", "--converters", converters))
+    line = assert_one_line_error(cli("convert", path, "-o", tmp_path / "o.ckpt", "--converters", converters))
     assert "over the 1 MiB limit" in line
     assert "CKPT_PATH_MAX_PICKLE_MB" in line
     monkeypatch.setenv("CKPT_PATH_MAX_PICKLE_MB", "8")
@@ -250,7 +237,7 @@ def test_a_flipped_byte_in_a_record_that_is_read_is_refused(tmp_path, converter)
     converters.mkdir()
     (converters / "001_step.py").write_text(converter, encoding="utf-8")
     out = tmp_path / "o.ckpt"
-    line = one_error(cli("convert", _damaged(tmp_path), "-o", out, "--converters", converters))
+    line = assert_one_line_error(cli("convert", _damaged(tmp_path), "-o", out, "--converters", converters))
     assert "record" in line
     assert "CRC-32 does not match" in line
     assert not out.exists()
@@ -280,7 +267,7 @@ def test_a_damaged_zip_directory_is_one_error(tmp_path):
     locator = data.rfind(b"PK\x06\x07")
     data[locator + 16] = 2  # total number of disks
     path.write_bytes(bytes(data))
-    line = one_error(cli("inspect", path))
+    line = assert_one_line_error(cli("inspect", path))
     assert "cannot read" in line
 
 
@@ -307,7 +294,7 @@ def test_a_converter_that_exits_or_leaves_no_data_fails_the_conversion(tmp_path,
     path = tmp_path / "in.ckpt"
     torch.save({"state_dict": _sd(), "ckpt_path": {"version": "1.0.0"}}, path)
     out = tmp_path / "o.ckpt"
-    line = one_error(cli("convert", path, "-o", out, "--converters", converters))
+    line = assert_one_line_error(cli("convert", path, "-o", out, "--converters", converters))
     assert "step 1.0.0 -> 1.1.0" in line
     assert "001_bad.py" in line
     assert said in line
@@ -331,6 +318,8 @@ def test_stamp_to_another_output_never_touches_the_input(tmp_path):
     source = tmp_path / "model-00001-of-00001.safetensors"
     save_file({"w": torch.ones(2)}, str(source))
     before = source.read_bytes()
-    line = one_error(cli("stamp", source, "1.0.0", "-o", tmp_path / "model.safetensors.index.json", "--force"))
+    line = assert_one_line_error(
+        cli("stamp", source, "1.0.0", "-o", tmp_path / "model.safetensors.index.json", "--force")
+    )
     assert "a file of the input" in line
     assert source.read_bytes() == before

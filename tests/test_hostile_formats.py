@@ -22,12 +22,10 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from ckpt_fixtures import digest, write_converter
+from ckpt_fixtures import digest
 from ckpt_path import formats
 from ckpt_path.checkpoint import load_checkpoint, save_checkpoint
-from ckpt_path.cli import app
 from ckpt_path.converter_files import read_converters
 from ckpt_path.errors import (
     CheckpointError,
@@ -36,6 +34,7 @@ from ckpt_path.errors import (
     SaveError,
     UnreadableCheckpointError,
 )
+from helpers import assert_one_line_error, cli, write_converter
 
 ELEMENTS = 256
 """float32 elements per tensor in the layout tests (1 KiB each)."""
@@ -70,7 +69,8 @@ def assert_same_tensors(got: Any, expected: dict[str, torch.Tensor]) -> None:
 
 def layout(index: Path) -> dict[str, Any]:
     """Return the JSON of a sharded layout's index."""
-    return json.loads(index.read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(index.read_text(encoding="utf-8"))
+    return data
 
 
 def shard_names(index: Path) -> list[str]:
@@ -101,17 +101,6 @@ def no_hang() -> Iterator[None]:
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
-
-
-def one_line_error(args: list[str]) -> str:
-    """Run the command line in process; assert exit 1 with one ``error:`` line and no traceback; return it."""
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
 
 
 # --- 1. a forced layout removes only its own shards ------------------------------------------
@@ -193,7 +182,7 @@ def test_convert_onto_a_layout_whose_shard_is_the_input_is_refused(tmp_path):
     before = tree(work)
 
     output = work / "model.safetensors.index.json"
-    line = one_line_error(["convert", str(source), "-o", str(output), "--force", "--converters", str(converters)])
+    line = assert_one_line_error(cli("convert", source, "-o", output, "--force", "--converters", converters))
 
     assert str(source) in line
     assert tree(work) == before
@@ -333,7 +322,12 @@ def test_index_naming_a_shard_outside_its_directory_is_refused_before_any_read(t
     index = outside_shard(tmp_path, how)
     read: list[Path] = []
     real = formats.load_safetensors
-    monkeypatch.setattr(formats, "load_safetensors", lambda path: read.append(Path(path)) or real(path))
+
+    def spy(path: Path) -> Any:
+        read.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(formats, "load_safetensors", spy)
 
     with pytest.raises(UnreadableCheckpointError, match="index's directory"):
         load_checkpoint(index)
@@ -416,6 +410,7 @@ for name, obj in cases.items():
 """
 
 
+@pytest.mark.slow
 def test_meta_tensors_are_refused_by_key_in_every_format(tmp_path):
     """A meta tensor (no values) is refused by key for every output format, anywhere in a torch checkpoint."""
     out = tmp_path / "out"
@@ -546,7 +541,7 @@ def test_crafted_safetensors_header_is_one_unreadable_error(tmp_path, case):
         load_checkpoint(path)
 
     assert str(path) in str(info.value)
-    line = one_line_error(["inspect", str(path)])
+    line = assert_one_line_error(cli("inspect", path))
     assert str(path) in line
 
 
@@ -581,7 +576,7 @@ def test_crafted_index_is_one_unreadable_error(tmp_path, case):
         load_checkpoint(index)
 
     assert str(index) in str(info.value)
-    one_line_error(["inspect", str(index)])
+    assert_one_line_error(cli("inspect", index))
 
 
 # --- 11. schemas and converter files that are not files ----------------------------------------------

@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-import ckpt_path
 from ckpt_path import Registry, read_converter_file
 from ckpt_path._synthetic import synthetic_checkpoint
 from ckpt_path.check import draft_ops
-from ckpt_path.cli import app
-from ckpt_path.ops import Concat, DropDerived, Rename, Squeeze, Stack, Transpose
+from ckpt_path.ops import Cast, Concat, DropDerived, Rename, Squeeze, Stack, Transpose
+from ckpt_path.runner import RunResult, run
 from ckpt_path.shapes import Schema, TensorSpec, load_schema
+from helpers import cli
+
+Tensors: TypeAlias = dict[str, tuple[tuple[int, ...], str]]
+"""A layout as schemas describe it: key -> (shape, dtype)."""
 
 
-def cli(*args: object) -> Any:
-    """Run ``ckpt-path ARGS`` in process and return typer's result."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def write_schema(directory: Path, version: str, tensors: dict[str, tuple[tuple[int, ...], str]]) -> None:
+def write_schema(directory: Path, version: str, tensors: Tensors) -> None:
     """Write ``schemas/<version>.json`` with the given key -> (shape, dtype)."""
     folder = directory / "schemas"
     folder.mkdir(parents=True, exist_ok=True)
@@ -32,7 +29,7 @@ def write_schema(directory: Path, version: str, tensors: dict[str, tuple[tuple[i
     (folder / f"{version}.json").write_text(json.dumps(body), encoding="utf-8")
 
 
-def schema(version: str, tensors: dict[str, tuple[tuple[int, ...], str]]) -> Schema:
+def schema(version: str, tensors: Tensors) -> Schema:
     """Return a schema of ``version`` with the given key -> (shape, dtype)."""
     return Schema.from_signature(version, {k: TensorSpec(s, d) for k, (s, d) in tensors.items()})
 
@@ -45,14 +42,14 @@ def draft(directory: Path, source: str, target: str, name: str = "drafted") -> P
     return path
 
 
-def run_on_synthetic(directory: Path, source: str, target: str) -> ckpt_path.RunResult:
+def run_on_synthetic(directory: Path, source: str, target: str) -> RunResult:
     """Run the plan source -> target on a synthetic checkpoint of the source schema, checked against the target's."""
     registry = Registry.from_directory(directory)
     start = synthetic_checkpoint(load_schema(directory / "schemas" / f"{source}.json"))
-    return ckpt_path.run(registry.plan(source, target), start, schemas=registry.schema)
+    return run(registry.plan(source, target), start, schemas=registry.schema)
 
 
-def layers(template: str, count: int, shape: tuple[int, ...], dtype: str = "float32") -> dict:
+def layers(template: str, count: int, shape: tuple[int, ...], dtype: str = "float32") -> Tensors:
     """Return ``count`` schema entries from a key template with ``{i}``."""
     return {template.format(i=i): (shape, dtype) for i in range(count)}
 
@@ -82,13 +79,14 @@ def test_drafted_renames_verify_against_the_target_schema(tmp_path):
     assert "TODO" not in text
     assert "reversible = True" in text
     converter = read_converter_file(path)
+    assert converter.ops is not None
     assert all(isinstance(op, Rename) for op in converter.ops)
     assert len(converter.ops) <= 3  # one per kind of change, not one per key
     result = run_on_synthetic(tmp_path, "1.0.0", "2.0.0")
     (report,) = result.steps
     assert report.verified
     back = run_on_synthetic(tmp_path, "1.0.0", "2.0.0")  # and the inverse edge lands back on A
-    assert ckpt_path.run(Registry.from_directory(tmp_path).plan("2.0.0", "1.0.0"), back.checkpoint).steps
+    assert run(Registry.from_directory(tmp_path).plan("2.0.0", "1.0.0"), back.checkpoint).steps
 
 
 def test_drafted_renames_are_written_once_for_every_layer():
@@ -148,7 +146,7 @@ def mixtral_layouts(experts: int) -> tuple[dict[str, torch.Tensor], dict[str, to
     return load_file(directory / "model.safetensors"), loaded, directory
 
 
-def layout(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
+def layout(state_dict: dict[str, torch.Tensor]) -> Tensors:
     """Return the schema entries of a real state dict."""
     return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state_dict.items()}
 
@@ -160,6 +158,7 @@ def test_drafted_moe_fusion_verifies_and_matches_transformers_for_another_expert
     write_schema(tmp_path, "5.0.0", layout(loaded))
     path = draft(tmp_path, "4.0.0", "5.0.0", "fuse_experts")
     converter = read_converter_file(path)
+    assert converter.ops is not None
     kinds = [type(op) for op in converter.ops]
     assert kinds.count(Stack) == 3
     assert kinds.count(Concat) == 1
@@ -168,7 +167,7 @@ def test_drafted_moe_fusion_verifies_and_matches_transformers_for_another_expert
     assert report.verified
     legacy8, loaded8, _ = mixtral_layouts(8)
     plan = Registry.from_directory(tmp_path).plan("4.0.0", "5.0.0")
-    result = ckpt_path.run(plan, {"state_dict": dict(legacy8)})
+    result = run(plan, {"state_dict": dict(legacy8)})
     got = result.checkpoint["state_dict"]
     assert sorted(got) == sorted(loaded8)
     for key, tensor in loaded8.items():
@@ -180,8 +179,8 @@ def test_drafted_moe_fusion_verifies_and_matches_transformers_for_another_expert
 
 def test_unexplained_keys_are_todo_comments(tmp_path):
     """Keys only in A or only in B are listed as TODO comments with a hint; the file still reads."""
-    before = {"w": ((3,), "float32"), "blocks.0.attn.relative_position_index": ((4, 4), "int64")}
-    after = {"w": ((3,), "float32"), "extra.scale": ((5,), "float32")}
+    before: Tensors = {"w": ((3,), "float32"), "blocks.0.attn.relative_position_index": ((4, 4), "int64")}
+    after: Tensors = {"w": ((3,), "float32"), "extra.scale": ((5,), "float32")}
     write_schema(tmp_path, "1.0.0", before)
     write_schema(tmp_path, "2.0.0", after)
     result = cli("new", "partial", "--from", "1.0.0", "--to", "2.0.0", "--infer", "--converters", tmp_path)
@@ -205,12 +204,13 @@ def test_in_place_changes_are_drafted():
     ops = dict(found.ops)
     assert Squeeze("grn.gamma", (0, 1, 2)) in ops
     assert "guess" in ops[Transpose("proj", 0, 1)]
-    assert any(type(op).__name__ == "Cast" and op.source_dtype == "float16" for op in ops)
+    assert any(isinstance(op, Cast) and op.source_dtype == "float16" for op in ops)
 
 
 def test_swin_stage_shift_is_drafted_with_index_arithmetic():
     """Swin's downsample moving to the next stage is drafted as one Rename with {i+1}; its buffers as TODO."""
-    before, after = {}, {}
+    before: Tensors = {}
+    after: Tensors = {}
     for i, d in enumerate((4, 8, 16)):
         before[f"layers.{i}.blocks.0.norm1.weight"] = after[f"layers.{i}.blocks.0.norm1.weight"] = ((d,), "float32")
         before[f"layers.{i}.blocks.0.attn.relative_position_index"] = ((9, 9), "int64")

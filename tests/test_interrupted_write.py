@@ -98,6 +98,7 @@ def remove_leftovers(out: Path) -> None:
         tmp.unlink()
 
 
+@pytest.mark.slow
 def test_sigkill_during_write_keeps_the_old_output(big):
     """Killed while writing over an existing OUTPUT with --force, OUTPUT still holds the old file's bytes."""
     out_dir = big.root / "over-existing"
@@ -117,6 +118,7 @@ def test_sigkill_during_write_keeps_the_old_output(big):
         remove_leftovers(out)
 
 
+@pytest.mark.slow
 def test_sigkill_during_write_leaves_no_output(big):
     """Killed while writing a new OUTPUT, OUTPUT does not exist afterwards."""
     out_dir = big.root / "fresh"
@@ -144,6 +146,7 @@ def test_sigkill_during_write_leaves_no_output(big):
         remove_leftovers(out)
 
 
+@pytest.mark.slow
 def test_sigterm_during_write_removes_the_temporary_and_keeps_the_old_output(big):
     """SIGTERM while writing over OUTPUT: the temporary is removed, OUTPUT keeps its bytes, the exit is SIGTERM's."""
     out_dir = big.root / "terminated"

@@ -16,10 +16,12 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
-from ckpt_path import Registry, convert_file, load_checkpoint, read_stamp
+from ckpt_path import Registry
+from ckpt_path.checkpoint import load_checkpoint
+from ckpt_path.commands import convert_file
 from ckpt_path.errors import OptimizerStateError
 from ckpt_path.lightning import CkptPathMixin
-from ckpt_path.stamp import STAMP_KEY
+from ckpt_path.stamp import STAMP_KEY, read_stamp
 
 pytestmark = [
     # Lightning's advice for real training runs, not about behaviour under test.
@@ -40,7 +42,7 @@ ops = [Rename("encoder.0.{p}", "embed.{p}")]
 '''
 
 
-def _data(seed: int = 0) -> DataLoader:
+def _data(seed: int = 0) -> DataLoader[tuple[torch.Tensor, ...]]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(32, 4, generator=generator)
     return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=8)
@@ -183,7 +185,7 @@ FIRST, MORE = 4, 4
 """Steps trained before the checkpoint (one epoch of 4 batches), then steps resumed."""
 
 
-def _features(layout: str) -> DataLoader:
+def _features(layout: str) -> DataLoader[tuple[torch.Tensor, ...]]:
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(32, 4, generator=generator)
     y = torch.stack([x.sum(dim=1), x[:, 0] * x[:, 1], x[:, 3]], dim=1)
@@ -283,7 +285,7 @@ def test_resume_across_a_feature_reorder_trains_as_the_true_run(reordered):
 
 
 def test_resume_from_a_converted_file_trains_as_the_true_run(reordered, tmp_path):
-    """A checkpoint converted by ckpt_path.convert_file resumes in layout B as the true run (1e-6)."""
+    """A checkpoint converted by convert_file resumes in layout B as the true run (1e-6)."""
     converted = tmp_path / "b.ckpt"
     convert_file(
         reordered["path"], converted, target="2.0.0", registry=Registry.from_directory(reordered["converters"])
@@ -313,11 +315,8 @@ def test_resume_without_recorded_names_is_refused(reordered):
 
 def test_drop_optimizer_state_resumes_with_fresh_state(reordered, caplog):
     """ckpt_path_drop_optimizer_state resumes without the state it cannot match, and says so."""
-
-    class Dropping(reordered["B"]):
-        ckpt_path_drop_optimizer_state = True
-
-    model = Dropping()
+    dropping = type("Dropping", (reordered["B"],), {"ckpt_path_drop_optimizer_state": True})
+    model = dropping()
     with caplog.at_level("WARNING", logger="ckpt_path"):
         trainer = _fit(model, "B", FIRST + MORE, ckpt_path=reordered["unnamed"])
     assert trainer.global_step == FIRST + MORE

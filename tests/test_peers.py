@@ -22,24 +22,11 @@ from typing import Any
 import pytest
 import torch
 
-import ckpt_path
+from ckpt_fixtures import assert_bitwise_equal
 from ckpt_path import Registry
+from ckpt_path.runner import run
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def bits(tensor: torch.Tensor) -> torch.Tensor:
-    """Return the raw bytes of a tensor, so that -0.0 and 0.0 differ."""
-    return tensor.detach().flatten().clone(memory_format=torch.contiguous_format).view(torch.uint8)
-
-
-def assert_bitwise_equal(got: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Assert two state dicts have the same keys, and per key the same shape, dtype and bytes."""
-    assert sorted(got) == sorted(expected)
-    for key, tensor in expected.items():
-        assert got[key].dtype == tensor.dtype, key
-        assert got[key].shape == tensor.shape, key
-        assert torch.equal(bits(got[key]), bits(tensor)), key
 
 
 def converters(tmp_path: Path, name: str, body: str) -> Registry:
@@ -53,8 +40,9 @@ def converters(tmp_path: Path, name: str, body: str) -> Registry:
 def convert(registry: Registry, state_dict: dict[str, torch.Tensor], source: str, target: str) -> dict[str, Any]:
     """Run the plan ``source -> target`` on a copy of a flat state dict; return the state dict it gives."""
     plan = registry.plan(source, target, allow_lossy=True)
-    result = ckpt_path.run(plan, {"state_dict": {k: v.clone() for k, v in state_dict.items()}})
-    return result.checkpoint["state_dict"]
+    result = run(plan, {"state_dict": {k: v.clone() for k, v in state_dict.items()}})
+    converted: dict[str, Any] = result.checkpoint["state_dict"]
+    return converted
 
 
 def generic(body: str) -> None:
@@ -256,7 +244,9 @@ def test_swin_filter_is_one_generic_ops_file(tmp_path, depths, dim, window, reso
 # -- timm: ConvNeXt(-V2) from Meta's layout, reshapes per stage --------------------------------
 
 
-def timm_convnext_filter(state_dict: dict[str, torch.Tensor], model_shapes: dict[str, tuple[int, ...]]) -> dict:
+def timm_convnext_filter(
+    state_dict: dict[str, torch.Tensor], model_shapes: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
     """Reproduce timm's convnext.checkpoint_filter_fn for a Meta (FB) checkpoint, from timm's source.
 
     Keys are remapped by string replacement; GRN parameters (1, 1, 1, C) become (C,), and every

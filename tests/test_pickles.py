@@ -26,21 +26,14 @@ from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner, Result
 
-import ckpt_path
-from ckpt_path import (
-    CheckpointError,
-    Registry,
-    UnsafeCheckpointError,
-    convert_file,
-    inspect_file,
-    load_checkpoint,
-    read_stamp,
-)
-from ckpt_path.cli import app
+from ckpt_path import CheckpointError, Registry, UnsafeCheckpointError
+from ckpt_path.checkpoint import load_checkpoint
+from ckpt_path.commands import convert_file, inspect_file, load
 from ckpt_path.pickles import DeletedGlobal, everything_deleted
+from ckpt_path.stamp import read_stamp
 from ckpt_path.testing import run_edge
+from helpers import assert_one_line_error, cli
 
 PACKAGES = ("oldpkg", "newpkg")
 """Top-level packages the tests write; no module of theirs may outlive a test."""
@@ -290,22 +283,6 @@ def assert_current(hparams: dict[str, Any]) -> None:
     assert hparams["optim"] == conf.Optim(lr=1e-3, betas=(0.9, 0.999))
 
 
-def cli(*args: object) -> Result:
-    """Run ``ckpt-path ARGS`` in process."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result: Result) -> str:
-    """Assert exit 1 with exactly one ``error:`` line on stderr and no traceback; return the line."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
 def leftovers(directory: Path) -> list[str]:
     """Return the names in ``directory`` other than the input checkpoint's."""
     return sorted(p.name for p in directory.iterdir() if p.name != "v1.ckpt")
@@ -329,7 +306,9 @@ def test_convert_file_writes_current_classes_with_the_same_fields(v1_ckpt, conve
     out = load_current(tmp_path / "out.ckpt")
     assert_current(out["hyper_parameters"])
     assert torch.equal(out["state_dict"]["encoder.weight"], torch.arange(12.0).reshape(3, 4))
-    assert read_stamp(out, ("state_dict",)).version == "2.0.0"
+    stamp = read_stamp(out, ("state_dict",))
+    assert stamp is not None
+    assert stamp.version == "2.0.0"
     assert torch_loads, "torch.load was never called"
     assert all(call.get("weights_only") is True for call in torch_loads), torch_loads
 
@@ -384,12 +363,14 @@ def test_convert_function_inspects_and_drops_deleted_globals(v1_ckpt, converters
 
 
 def test_load_upgrades_pickled_classes_in_memory(v1_ckpt, converters, torch_loads):
-    """ckpt_path.load returns version 2's objects and leaves the file alone."""
+    """Load returns version 2's objects and leaves the file alone."""
     before = v1_ckpt.read_bytes()
-    ckpt = ckpt_path.load(v1_ckpt, registry=Registry.from_directory(v2_converters(converters)))
+    ckpt = load(v1_ckpt, registry=Registry.from_directory(v2_converters(converters)))
     assert_current(ckpt["hyper_parameters"])
     assert ckpt["hyper_parameters"]["legacy_x"] == 3
-    assert read_stamp(ckpt, ("state_dict",)).version == "2.0.0"
+    stamp = read_stamp(ckpt, ("state_dict",))
+    assert stamp is not None
+    assert stamp.version == "2.0.0"
     assert v1_ckpt.read_bytes() == before
     assert all(call.get("weights_only") is True for call in torch_loads), torch_loads
 
@@ -452,7 +433,7 @@ def test_deleted_global_becomes_an_inert_placeholder(v1_ckpt, converters, delete
     write_file(converters, "001_v2", render("1.0.0", "2.0.0", touches=[], **moves))
     registry = Registry.from_directory(converters)
     assert registry.converters[0].kind == "moves"
-    ckpt = ckpt_path.load(v1_ckpt, registry=registry)
+    ckpt = load(v1_ckpt, registry=registry)
     legacy, hook = ckpt["hyper_parameters"]["legacy"], ckpt["hyper_parameters"]["hook"]
     assert isinstance(legacy, DeletedGlobal)
     assert legacy.__ckpt_path_global__ == "oldpkg.legacy.Legacy"
@@ -602,7 +583,9 @@ def test_the_peek_imports_and_runs_nothing(v1_ckpt_legacy_on_disk, project):
     placeholders = [v for v in hparams.values() if isinstance(v, DeletedGlobal)]
     assert {type(v).__ckpt_path_global__ for v in placeholders} == OLD_GLOBALS
     assert hparams["config"].state == {"hidden": 16, "name": "gnn", "features": ["u", "v", "t"]}
-    assert read_stamp(loaded.obj, loaded.state_dict_at).version == "1.0.0"
+    stamp = read_stamp(loaded.obj, loaded.state_dict_at)
+    assert stamp is not None
+    assert stamp.version == "1.0.0"
     assert set(sys.modules) == before
     assert sorted(p.name for p in project.marks.iterdir()) == []
 
@@ -625,7 +608,7 @@ def test_deleting_a_global_whose_module_still_exists_runs_none_of_it(
     "run",
     [
         lambda ckpt, registry, out: convert_file(ckpt, out, registry=registry),
-        lambda ckpt, registry, _out: ckpt_path.load(ckpt, registry=registry),
+        lambda ckpt, registry, _out: load(ckpt, registry=registry),
     ],
     ids=["convert_file", "load"],
 )

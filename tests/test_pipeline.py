@@ -2,7 +2,7 @@
 
 Each scenario is a checkpoint file plus what the user says about it (``--from``, safe globals,
 project settings); each entry point is a way a user reaches a conversion: the command line,
-``convert_file``, ``ckpt_path.load``, ``upgrade`` on an object in memory, and the Lightning mixin.
+``convert_file``, ``load``, ``upgrade`` on an object in memory, and the Lightning mixin.
 A scenario either converts to the same state dict (bitwise) and stamp everywhere, or fails with
 the same error class everywhere. Scenarios about pickled classes do not apply to the in-memory
 entry points: there, someone else already unpickled the object.
@@ -11,7 +11,6 @@ entry points: there, someone else already unpickled the object.
 from __future__ import annotations
 
 import importlib
-import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,26 +20,17 @@ from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from typer.testing import Result
 
 import ckpt_path
-from ckpt_path import (
-    Checkpoint,
-    CkptPathError,
-    LossyPathError,
-    NoPathError,
-    NoStampError,
-    Registry,
-    UnsupportedVersionError,
-    upgrade,
-)
-from ckpt_path.cli import app
-from ckpt_path.commands import convert_file
+from ckpt_path import CkptPathError, LossyPathError, NoPathError, NoStampError, Registry, UnsupportedVersionError
+from ckpt_path.checkpoint import Checkpoint
+from ckpt_path.commands import convert_file, load
 from ckpt_path.demo.models import make_checkpoint
 from ckpt_path.lightning import CkptPathMixin
+from ckpt_path.pipeline import upgrade
 from ckpt_path.stamp import STAMP_KEY
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import cli, copy_examples
 
 MOVED = """\
 from dataclasses import dataclass
@@ -120,7 +110,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
     root = tmp_path / "project"
     code = tmp_path / "code"
     code.mkdir()
-    shutil.copytree(ROOT / "converters", root / "converters")
+    copy_examples(root / "converters")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # settings must come from the converters' project, not the cwd
@@ -253,7 +243,7 @@ def via_cli(lab: Lab, case: Case) -> Any:
     args += ["--allow-lossy"] if case.allow_lossy else []
     for name in case.safe_globals:
         args += ["--safe-global", name]
-    result = CliRunner().invoke(app, args)
+    result = cli(*args)
     if result.exit_code != 0:
         assert result.exit_code == 1, result.output
         assert "Traceback" not in result.output
@@ -277,7 +267,7 @@ def via_convert_file(lab: Lab, case: Case) -> Any:
 
 
 def via_load(lab: Lab, case: Case) -> Any:
-    return ckpt_path.load(
+    return load(
         case.file,
         case.target,
         registry=_registry(lab),
@@ -446,8 +436,8 @@ def _experts(tmp_path: Path, count: int, *, schema: bool, dtype: torch.dtype = t
     return converters, path
 
 
-def _convert(*args: object) -> Any:
-    return CliRunner().invoke(app, ["convert", *map(str, args)])
+def _convert(*args: object) -> Result:
+    return cli("convert", *args)
 
 
 def test_half_converted_output_is_caught_by_the_schema(tmp_path):
@@ -494,9 +484,7 @@ def test_a_schema_may_leave_dtypes_free(tmp_path):
     assert "expected [4, 3] float32, got [4, 3] bfloat16" in refused.stderr
     fp32 = tmp_path / "fp32.ckpt"
     torch.save({"state_dict": {"experts.w": torch.ones(4, 3)}}, fp32)
-    written = CliRunner().invoke(
-        app, ["schema", str(fp32), "--version", "2.0.0", "--converters", str(converters), "--force", "--any-dtype"]
-    )
+    written = cli("schema", fp32, "--version", "2.0.0", "--converters", converters, "--force", "--any-dtype")
     assert written.exit_code == 0, written.output
     assert "dtype" not in (converters / "schemas" / "2.0.0.json").read_text(encoding="utf-8")
     result = _convert(path, "-o", tmp_path / "out.ckpt", "--converters", converters, "--strict")
@@ -518,6 +506,7 @@ def test_a_dict_subclass_nobody_declared_is_explained(lab):
         assert "--safe-global" not in line
 
 
+@pytest.mark.slow
 def test_the_unsafe_global_error_does_not_depend_on_the_hash_seed(lab):
     """The refusal of a global nobody allowed is the same line whatever PYTHONHASHSEED is."""
     import os
@@ -565,7 +554,7 @@ def test_plan_never_runs_converter_code_and_a_dry_run_reports_what_it_cannot_pre
         (lab.converters / name).unlink()
     (lab.converters / "schemas" / "1.0.0.json").unlink()
     path = lab.save("a.ckpt", "0.2.0")
-    planned = CliRunner().invoke(app, ["plan", str(path), "1.0.0", "--converters", str(lab.converters)])
+    planned = cli("plan", path, "1.0.0", "--converters", lab.converters)
     assert planned.exit_code == 0, planned.output
     assert "003_values  [not predicted: a convert function: its effect is known only when it runs]" in planned.stdout
     assert not (lab.converters / "IMPORTED").exists()
@@ -582,12 +571,12 @@ def test_load_logs_a_command_that_runs_as_printed(lab, caplog, monkeypatch):
 
     case = _version_key(lab)
     with caplog.at_level("INFO", logger="ckpt_path"):
-        in_memory = ckpt_path.load(case.file, "0.3.0", registry=_registry(lab))
+        in_memory = load(case.file, "0.3.0", registry=_registry(lab))
     (message,) = [r.getMessage() for r in caplog.records if "to keep it: " in r.getMessage()]
     words = shlex.split(message.split("to keep it: ", 1)[1])
     assert words[:2] == ["ckpt-path", "convert"]
     monkeypatch.chdir(lab.code)  # anywhere: the command names everything it needs
-    result = CliRunner().invoke(app, words[1:])
+    result = cli(*words[1:])
     assert result.exit_code == 0, result.output
     written = torch.load(words[words.index("-o") + 1], weights_only=True)
     assert all(torch.equal(written["state_dict"][k], v) for k, v in in_memory["state_dict"].items())

@@ -12,7 +12,7 @@ from packaging.version import Version
 
 from ckpt_path import LossyPathError, NoPathError, Plan, Planner, Step, UnknownVersionError, build_graph
 from ckpt_path.converters import FunctionCode
-from conftest import EXAMPLE_CONVERTERS, build_registry, edge_name
+from helpers import EXAMPLE_CONVERTERS, build_registry, edge_name
 
 LOSSY = {"lossy": True}
 
@@ -453,6 +453,7 @@ def brute_force(graph, source, target):
     return key(best), best
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(graphs(), st.data())
 def test_planner_matches_brute_force(edges, data):

@@ -15,20 +15,12 @@ from typing import Any
 import pytest
 import torch
 from packaging.version import Version
-from typer.testing import CliRunner, Result
 
-from ckpt_path import (
-    NoStampError,
-    Registry,
-    UnsupportedVersionError,
-    VersionError,
-    VersionInferenceError,
-    convert_file,
-    inspect_file,
-    load_checkpoint,
-)
-from ckpt_path.cli import app
+from ckpt_path import NoStampError, Registry, UnsupportedVersionError, VersionError, VersionInferenceError
+from ckpt_path.checkpoint import load_checkpoint
+from ckpt_path.commands import convert_file, inspect_file
 from ckpt_path.provenance import SourceVersion, infer_version, source_version
+from helpers import assert_one_line_error, cli
 
 CONVERTERS = {
     "001_flatten_encoder": '''\
@@ -168,22 +160,6 @@ def configure(project: Path, **settings: str) -> None:
 def registry() -> Registry:
     """Read the project's converters and settings, as every command does in the working directory."""
     return Registry.from_directory()
-
-
-def cli(*args: object) -> Result:
-    """Run ``ckpt-path ARGS`` in process."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result: Result) -> str:
-    """Assert exit 1 with exactly one ``error:`` line on stderr and no traceback; return the line."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def history_of(path: Path) -> list[tuple[str, str]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ from ckpt_path.testing import (
     run_edge,
     synthetic_checkpoint,
 )
-from conftest import EXAMPLE_CONVERTERS
 
 SCALE_PAIR = '''"""{doc}"""
 
@@ -39,12 +37,6 @@ def convert(ckpt):
     ckpt["state_dict"]["w"] = ckpt["state_dict"]["w"] * {factor}
     return ckpt
 '''
-
-
-@pytest.fixture
-def examples(tmp_path: Path) -> Path:
-    """Copy the example converters and their schemas into ``tmp_path``."""
-    return Path(shutil.copytree(EXAMPLE_CONVERTERS, tmp_path / "converters"))
 
 
 @pytest.fixture
@@ -304,7 +296,8 @@ class Old(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer."""
-        return self.lin(x)
+        out: torch.Tensor = self.lin(x)
+        return out
 
 
 class New(nn.Module):
@@ -316,7 +309,8 @@ class New(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer."""
-        return self.proj(x)
+        out: torch.Tensor = self.proj(x)
+        return out
 
 
 def _rename(ckpt):

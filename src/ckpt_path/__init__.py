@@ -6,6 +6,8 @@ tensors are imported on first use.
 
 from __future__ import annotations
 
+import typing
+
 from ckpt_path.converter_files import read_converter_file, read_converters
 from ckpt_path.converters import Converter
 from ckpt_path.errors import (
@@ -43,6 +45,13 @@ from ckpt_path.planner import Plan, Planner, Step
 from ckpt_path.registry import Registry, find_converters_dir
 from ckpt_path.shapes import Schema
 from ckpt_path.versions import branch_of, parse_version, resolve_target
+
+if typing.TYPE_CHECKING:  # the real types for type checkers; at run time these load on first use
+    from ckpt_path.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from ckpt_path.commands import ConvertResult, capture_schema, convert_file, inspect_file, load, stamp_file
+    from ckpt_path.pipeline import Upgrade, upgrade
+    from ckpt_path.runner import RunResult, StepReport, run
+    from ckpt_path.stamp import Stamp, read_stamp
 
 __version__ = "0.1.0"
 

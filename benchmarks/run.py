@@ -37,6 +37,8 @@ BENCHMARKS = [
     Benchmark("coldstart", "bench_coldstart.py"),
     Benchmark("convert", "bench_convert.py"),
     Benchmark("memcap", "bench_memcap.py"),
+    Benchmark("batch", "bench_batch.py"),
+    Benchmark("dcp", "bench_dcp.py"),
 ]
 
 

@@ -173,3 +173,12 @@ def test_a_killed_batch_leaves_finished_outputs_whole_and_the_next_run_clean(tmp
     done = cli("convert", runs, "--output-dir", out, "--converters", converters, "--force")
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in runs.iterdir())
+
+
+def test_a_distributed_checkpoint_directory_is_one_input(tmp_path):
+    """A directory holding .metadata is one (distributed) checkpoint, not a folder of checkpoints."""
+    dcp = tmp_path / "step100"
+    dcp.mkdir()
+    (dcp / ".metadata").write_bytes(b"")
+    (dcp / "__0_0.distcp").write_bytes(b"")
+    assert plan_outputs([dcp], tmp_path / "out") == [(dcp, tmp_path / "out" / "step100")]

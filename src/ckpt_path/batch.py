@@ -92,8 +92,9 @@ def plan_outputs(inputs: Iterable[Path], output_dir: Path) -> list[tuple[Path, P
     """
     pairs: list[tuple[Path, Path]] = []
     for given in inputs:
-        files = checkpoint_files(given) if given.is_dir() else [given]
-        if given.is_dir() and not files:
+        whole = not given.is_dir() or (given / ".metadata").is_file()  # a distributed checkpoint is one
+        files = [given] if whole else checkpoint_files(given)
+        if not whole and not files:
             raise UsageError(f"{given} holds no checkpoint (*.ckpt, *.pt, *.pth, *.bin, *.safetensors)")
         pairs += [(path, output_dir / path.name) for path in files]
     seen: dict[Path, Path] = {}

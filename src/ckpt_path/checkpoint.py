@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ckpt_path import _atomic, formats
+from ckpt_path import _atomic, dcp, formats
 from ckpt_path._ranges import InputRecord, InputRecords
 from ckpt_path._zipwriter import save_torch_zip
 from ckpt_path.errors import (
@@ -316,6 +316,8 @@ def load_checkpoint(
     """
     path = Path(path)
     name = str(path)
+    if dcp.is_dcp(path):  # a torch.distributed.checkpoint directory: see ckpt_path.dcp
+        return dcp.load(path, state_dict_key=state_dict_key, safe_globals=safe_globals, moves=moves)
     if not path.is_file():
         raise UnreadableCheckpointError(name, "no such file" if not path.exists() else "not a file")
     if formats.is_sharded(path) or formats.is_safetensors(path):
@@ -597,34 +599,9 @@ class Written:
     written_bytes: int
 
 
-def save_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
-    obj: object,
-    path: str | Path,
-    *,
-    force: bool = False,
-    state_dict_path: Sequence[str] = (),
-    state_dict_only: bool = False,
-    metadata: Mapping[str, str] | None = None,
-    shard_size: int | None = None,
-    progress: formats.Progress | None = None,
-    protect: Iterable[str | os.PathLike[str]] = (),
-    source: Checkpoint | None = None,
-    trust_memory: bool = False,
-) -> Path:
-    """Save a checkpoint atomically; see :func:`write_checkpoint`, which also says what was copied."""
-    return write_checkpoint(
-        obj,
-        path,
-        force=force,
-        state_dict_path=state_dict_path,
-        state_dict_only=state_dict_only,
-        metadata=metadata,
-        shard_size=shard_size,
-        progress=progress,
-        protect=protect,
-        source=source,
-        trust_memory=trust_memory,
-    ).path
+def save_checkpoint(obj: object, path: str | Path, **options: Any) -> Path:  # noqa: ANN401 - write_checkpoint's
+    """Save a checkpoint atomically and return where; the options are :func:`write_checkpoint`'s."""
+    return write_checkpoint(obj, path, **options).path
 
 
 def write_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
@@ -667,6 +644,11 @@ def write_checkpoint(  # noqa: PLR0913 - the ways a checkpoint can be written
     were read rather than copied are checked against their CRC-32 before the output is placed.
     """
     path = Path(path)
+    if dcp.writes_dcp(path, source) or (source is not None and source.format == dcp.FORMAT):  # see ckpt_path.dcp
+        return dcp.write(
+            obj, path, force=force, state_dict_path=state_dict_path, state_dict_only=state_dict_only,
+            metadata=metadata, shard_size=shard_size, progress=progress, protect=protect, source=source,
+        )  # fmt: skip
     _check_output(path, force=force)
     directory = path.parent if str(path.parent) else Path()
     obj = _to_write(obj, path, state_dict_path, state_dict_only=state_dict_only)

@@ -153,7 +153,7 @@ def plan(
     predicted: list[StepReport] = []
     with _user_errors():
         registry = _registry(converters)
-        if Path(source).is_file() and not _is_version_text(source):
+        if (Path(source).is_file() or (Path(source) / ".metadata").is_file()) and not _is_version_text(source):
             from ckpt_path.commands import plan_file
 
             _settle_imports()
@@ -366,6 +366,9 @@ def convert(
         "state_dict_only": state_dict_only,
         "drop_optimizer_state": drop_optimizer_state,
     }
+    if output_dir is None and len(input_paths) == 1 and _distributed(input_paths[0], output, workers):
+        _convert_distributed(input_paths[0], output, converters, workers, options, as_json=as_json)
+        return
     if output_dir is not None or len(input_paths) > 1 or input_paths[0].is_dir():
         _convert_batch(input_paths, output, output_dir, converters, workers, options, as_json=as_json)
         return
@@ -383,6 +386,45 @@ def convert(
             )
         finally:
             progress.close()
+    for warning in result.warnings:
+        typer.echo(f"warning: {_one_line(warning)}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    _print_conversion(result)
+
+
+def _distributed(input_path: Path, output: Path | None, workers: int) -> bool:
+    """Whether a conversion is for ckpt_path.distributed: a DCP checkpoint in or out, torchrun, --workers."""
+    from ckpt_path.distributed import takes
+
+    return takes(input_path, output, workers)
+
+
+def _convert_distributed(
+    input_path: Path,
+    output: Path | None,
+    converters: Path | None,
+    workers: int,
+    options: dict[str, Any],
+    *,
+    as_json: bool,
+) -> None:
+    """Convert a distributed checkpoint (or into one), with one process, --workers N, or under torchrun."""
+    from ckpt_path.distributed import Options, convert
+
+    progress = _StepProgress(enabled=not as_json)
+    with _user_errors():
+        registry = _registry(converters)
+        try:
+            result = convert(
+                input_path, output, registry=registry, options=Options(**options), workers=workers,
+                on_step=progress.on_step,
+            )  # fmt: skip
+        finally:
+            progress.close()
+    if result is None:  # another process of a torchrun conversion than the first: process 0 reports
+        return
     for warning in result.warnings:
         typer.echo(f"warning: {_one_line(warning)}", err=True)
     if as_json:
@@ -592,6 +634,7 @@ def inspect_command(
     converters edited after they ran. Classes the pickle needs are listed, never imported.
     """
     from ckpt_path.commands import inspect_file
+    from ckpt_path.dcp import metadata_only
 
     _settle_imports()
     from ckpt_path.registry import Registry, find_converters_dir
@@ -599,12 +642,13 @@ def inspect_command(
     with _user_errors():
         root = find_converters_dir(converters)
         registry = Registry.from_directory(root) if root.is_dir() else None
-        info = inspect_file(
-            checkpoint,
-            registry=registry,
-            state_dict_key=state_dict,
-            safe_globals=tuple(safe_global or ()),
-        )
+        with metadata_only():  # a distributed checkpoint is described from its .metadata alone
+            info = inspect_file(
+                checkpoint,
+                registry=registry,
+                state_dict_key=state_dict,
+                safe_globals=tuple(safe_global or ()),
+            )
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return

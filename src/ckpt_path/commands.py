@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckpt_path import dcp
 from ckpt_path.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, verify_records, write_checkpoint
 from ckpt_path.converters import MovesCode, OpsCode
 from ckpt_path.errors import (
@@ -95,7 +96,7 @@ class ConvertResult:
 def _check_output(input_path: Path, output: Path | None, *, force: bool) -> Path:
     if output is None:
         raise UsageError("convert needs an output path (-o OUTPUT), or --dry-run")
-    if output.is_dir():
+    if output.is_dir() and not dcp.writes_dcp(output, None):
         raise SaveError(str(output), "it is a directory")
     if output.exists() and not force:
         raise OutputExistsError(str(output))

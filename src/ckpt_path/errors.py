@@ -25,8 +25,9 @@ its traceback.
     │   ├── StateDictError             no state dict where one must be, or one that is not a mapping of names
     │   ├── VersionInferenceError      no schema, or several, match an unstamped state dict
     │   ├── OutputExistsError          OUTPUT exists and --force was not given
-    │   └── SaveError                  OUTPUT cannot be written there (InputOverwriteError: it would
-    │                                  replace or remove a file of INPUT)
+    │   ├── SaveError                  OUTPUT cannot be written there (InputOverwriteError: it would
+    │   │                              replace or remove a file of INPUT)
+    │   └── DistributedError           another process of a conversion with many processes failed or died
     ├── UsageError                   options that do not fit together (exit 2 on the command line)
     ├── StepError                    a converter raised or returned the wrong thing
     │   ├── UnverifiedStepError      --strict, and a step's landing version has no schema
@@ -44,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "CkptPathError",
     "ConverterFileError",
+    "DistributedError",
     "DuplicateConverterError",
     "GraphError",
     "InputOverwriteError",
@@ -416,3 +418,14 @@ class InputOverwriteError(SaveError):
             path,
             f"that would {action} {input_file}, a file of the input; write the output to another path",
         )
+
+
+class DistributedError(CheckpointError):
+    """Process ``rank`` of a conversion with ``world`` processes failed (``reason``) or died; nothing was written."""
+
+    def __init__(self, rank: int | None, world: int, reason: str) -> None:
+        self.rank = rank
+        self.world = world
+        self.reason = reason
+        who = f"process {rank} of {world}" if rank is not None else f"a process of {world}"
+        super().__init__(f"{who} failed, so the conversion was abandoned and nothing was written: {reason}")

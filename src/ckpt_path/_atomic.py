@@ -35,6 +35,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import signal
 import stat
 import tempfile
@@ -281,13 +282,17 @@ def _place(tmp: Path, target: Path, *, replace: bool) -> None:
         tmp.replace(target)
 
 
-def remove_stale_temporaries(directory: Path, names: str, *, older_than: float = STALE_AFTER) -> list[Path]:
+def remove_stale_temporaries(
+    directory: Path, names: str, *, older_than: float = STALE_AFTER, directories: bool = False
+) -> list[Path]:
     """Remove this tool's temporaries in ``directory`` for targets named like the regex ``names``.
 
     Only regular files owned by this user that no running process is writing: a writer holds
     an advisory lock on its temporary until it ends (the kernel drops it even after SIGKILL);
     where the file system has no such locks, only files not modified for ``older_than``
-    seconds. A conversion still running never loses its file. Returns what was removed.
+    seconds. A conversion still running never loses its file. With ``directories`` the
+    temporaries are directories (a distributed checkpoint written whole), removed with their
+    contents. Returns what was removed.
     """
     pattern = temporary_pattern(names)
     now = time.time()
@@ -298,10 +303,14 @@ def remove_stale_temporaries(directory: Path, names: str, *, older_than: float =
                 continue
             with contextlib.suppress(OSError):
                 status = entry.stat(follow_symlinks=False)
-                if not stat.S_ISREG(status.st_mode) or status.st_uid != os.getuid():
+                kind = stat.S_ISDIR if directories else stat.S_ISREG
+                if not kind(status.st_mode) or status.st_uid != os.getuid():
                     continue
                 if _abandoned(Path(entry.path), old=now - status.st_mtime > older_than):
-                    Path(entry.path).unlink()
+                    if directories:
+                        shutil.rmtree(entry.path)
+                    else:
+                        Path(entry.path).unlink()
                     removed.append(Path(entry.path))
     return removed
 

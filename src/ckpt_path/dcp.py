@@ -52,7 +52,6 @@ import stat
 import sys
 import tempfile
 import threading
-import time
 import uuid
 import zipfile
 import zlib
@@ -1174,34 +1173,8 @@ def _umask() -> int:
 
 
 def remove_stale_directories(path: Path, *, older_than: float = _atomic.STALE_AFTER) -> None:
-    """Remove temporary output directories for ``path`` that a killed run left (owned by us, unchanged for a while)."""
-    pattern = _atomic.temporary_pattern(re.escape(path.name))
-    now = time.time()
-    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
-        for entry in entries:
-            if not pattern.fullmatch(entry.name):
-                continue
-            with contextlib.suppress(OSError):
-                status = entry.stat(follow_symlinks=False)
-                if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
-                    continue
-                if _abandoned(Path(entry.path), old=now - status.st_mtime > older_than):
-                    shutil.rmtree(entry.path)
-
-
-def _abandoned(directory: Path, *, old: bool) -> bool:
-    """Whether no process holds the directory's lock (see :func:`removed_on_failure`), or without locks, it is old."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False  # a conversion is writing it
-    except OSError:
-        return old
-    else:
-        return True
-    finally:
-        os.close(fd)
+    """Remove temporary output directories for ``path`` that a killed run left (see :mod:`ckpt_path._atomic`)."""
+    _atomic.remove_stale_temporaries(path.parent, re.escape(path.name), older_than=older_than, directories=True)
 
 
 class _Terminated(BaseException):

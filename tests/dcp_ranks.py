@@ -10,6 +10,7 @@ it by accident) sharded the same way, filled with ``torch.distributed.checkpoint
 
 from __future__ import annotations
 
+import gc
 import sys
 import warnings
 
@@ -51,7 +52,9 @@ def main() -> None:
             found[directory] = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state_dict.items()}
         if rank == 0:
             torch.save(found, out)
+    dist.barrier()  # leave together: a process that tears gloo down while the other still works can abort
     dist.destroy_process_group()
+    gc.collect()  # gloo's threads end now, not while the interpreter shuts down (which can abort)
 
 
 if __name__ == "__main__":

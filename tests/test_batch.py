@@ -140,7 +140,7 @@ def test_the_python_api_converts_with_a_registry_made_in_code(tmp_path):
 
 def test_plan_outputs_expands_a_directory_and_skips_the_shards_of_a_layout(tmp_path):
     """A directory stands for its checkpoints; a sharded layout is its index, never its shards one by one."""
-    from ckpt_path.checkpoint import save_checkpoint
+    from ckpt_path.storage import save_checkpoint
 
     save_checkpoint({"w": torch.ones(4), "v": torch.ones(4)}, tmp_path / "model.safetensors.index.json", shard_size=8)
     torch.save({"w": torch.ones(1)}, tmp_path / "a.pt")

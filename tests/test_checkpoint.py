@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ckpt_fixtures import lightning, temp_files, v010_state_dict, write_ckpt, write_unsafe_checkpoint
-from ckpt_path.checkpoint import find_state_dict, load_checkpoint, save_checkpoint
+from ckpt_path.checkpoint import find_state_dict
 from ckpt_path.errors import (
     CheckpointError,
     CkptPathError,
@@ -25,6 +25,7 @@ from ckpt_path.errors import (
     UsageError,
 )
 from ckpt_path.stamp import STAMP_KEY, Stamp, read_stamp, write_stamp
+from ckpt_path.storage import load_checkpoint, save_checkpoint
 
 HISTORY_ENTRY = {
     "source": "1.0.0",

@@ -28,11 +28,12 @@ from typer.testing import Result
 
 import ckpt_path
 from ckpt_fixtures import digest, lightning, temp_files
-from ckpt_path.checkpoint import get_state_dict, load_checkpoint, save_checkpoint
+from ckpt_path.checkpoint import get_state_dict
 from ckpt_path.commands import inspect_file, load
 from ckpt_path.registry import ENV_VAR
 from ckpt_path.runner import run
 from ckpt_path.stamp import Stamp, read_stamp, write_stamp
+from ckpt_path.storage import load_checkpoint, save_checkpoint
 from helpers import assert_one_line_error, cli, write_converter
 
 SOURCE_VERSION = "1.0.0"

@@ -27,8 +27,8 @@ import pytest
 import torch
 from typer.testing import Result
 
-from ckpt_path.checkpoint import load_checkpoint, save_checkpoint
 from ckpt_path.errors import CkptPathError
+from ckpt_path.storage import load_checkpoint, save_checkpoint
 from helpers import EXAMPLE_CONVERTERS, assert_one_line_error, cli
 
 VERSION = "0.1.0"
@@ -135,12 +135,12 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, b
             torch.save(lightning, buffer, _use_new_zipfile_serialization=False)
             entry.write_bytes(fixed_storage_keys(buffer.getvalue()))
         else:  # written by ckpt-path itself, stamped in the metadata
-            flat = save_checkpoint(lightning, entry, state_dict_path=("state_dict",), state_dict_only=True)
+            flat = save_checkpoint(lightning, entry, state_dict_at=("state_dict",), state_dict_only=True)
             assert flat == entry
         if fmt == "sharded":  # several shards, so a case can damage one of them
             shutil.rmtree(directory)
             directory.mkdir()
-            save_checkpoint(lightning, entry, state_dict_path=("state_dict",), state_dict_only=True, shard_size=2048)
+            save_checkpoint(lightning, entry, state_dict_at=("state_dict",), state_dict_only=True, shard_size=2048)
         files[fmt] = {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
     return files
 

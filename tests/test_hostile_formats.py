@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 
 from ckpt_fixtures import digest
 from ckpt_path import formats
-from ckpt_path.checkpoint import load_checkpoint, save_checkpoint
 from ckpt_path.converter_files import read_converters
 from ckpt_path.errors import (
     CheckpointError,
@@ -34,6 +33,7 @@ from ckpt_path.errors import (
     SaveError,
     UnreadableCheckpointError,
 )
+from ckpt_path.storage import load_checkpoint, save_checkpoint
 from helpers import assert_one_line_error, cli, write_converter
 
 ELEMENTS = 256
@@ -391,7 +391,7 @@ def test_a_tensor_named_metadata_is_refused(tmp_path, output_name):
 META_SCRIPT = """\
 import sys, torch
 from pathlib import Path
-from ckpt_path.checkpoint import save_checkpoint
+from ckpt_path.storage import save_checkpoint
 from ckpt_path.errors import CkptPathError
 out = Path(sys.argv[1])
 cases = {

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from ckpt_fixtures import CKPT_PATH_BIN, digest
-from ckpt_path.checkpoint import save_checkpoint
 from ckpt_path.registry import ENV_VAR
 from ckpt_path.stamp import Stamp, write_stamp
+from ckpt_path.storage import save_checkpoint
 from helpers import write_converter
 
 TIMEOUT = 90.0

@@ -17,11 +17,11 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
 from ckpt_path import Registry
-from ckpt_path.checkpoint import load_checkpoint
 from ckpt_path.commands import convert_file
 from ckpt_path.errors import OptimizerStateError
 from ckpt_path.lightning import CkptPathMixin
 from ckpt_path.stamp import STAMP_KEY, read_stamp
+from ckpt_path.storage import load_checkpoint
 
 pytestmark = [
     # Lightning's advice for real training runs, not about behaviour under test.

@@ -28,10 +28,10 @@ import pytest
 import torch
 
 from ckpt_path import CheckpointError, Registry, UnsafeCheckpointError
-from ckpt_path.checkpoint import load_checkpoint
 from ckpt_path.commands import convert_file, inspect_file, load
 from ckpt_path.pickles import DeletedGlobal, everything_deleted
 from ckpt_path.stamp import read_stamp
+from ckpt_path.storage import load_checkpoint
 from ckpt_path.testing import run_edge
 from helpers import assert_one_line_error, cli
 

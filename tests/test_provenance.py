@@ -17,9 +17,9 @@ import torch
 from packaging.version import Version
 
 from ckpt_path import NoStampError, Registry, UnsupportedVersionError, VersionError, VersionInferenceError
-from ckpt_path.checkpoint import load_checkpoint
 from ckpt_path.commands import convert_file, inspect_file
 from ckpt_path.provenance import SourceVersion, infer_version, source_version
+from ckpt_path.storage import load_checkpoint
 from helpers import assert_one_line_error, cli
 
 CONVERTERS = {

@@ -47,11 +47,12 @@ from ckpt_path.shapes import Schema
 from ckpt_path.versions import branch_of, parse_version, resolve_target
 
 if typing.TYPE_CHECKING:  # the real types for type checkers; at run time these load on first use
-    from ckpt_path.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from ckpt_path.checkpoint import Checkpoint
     from ckpt_path.commands import ConvertResult, capture_schema, convert_file, inspect_file, load, stamp_file
     from ckpt_path.pipeline import Upgrade, upgrade
     from ckpt_path.runner import RunResult, StepReport, run
     from ckpt_path.stamp import Stamp, read_stamp
+    from ckpt_path.storage import load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -67,10 +68,10 @@ _LAZY = {
     "convert_file": "ckpt_path.commands",
     "inspect_file": "ckpt_path.commands",
     "load": "ckpt_path.commands",
-    "load_checkpoint": "ckpt_path.checkpoint",
+    "load_checkpoint": "ckpt_path.storage",
     "read_stamp": "ckpt_path.stamp",
     "run": "ckpt_path.runner",
-    "save_checkpoint": "ckpt_path.checkpoint",
+    "save_checkpoint": "ckpt_path.storage",
     "stamp_file": "ckpt_path.commands",
     "upgrade": "ckpt_path.pipeline",
 }

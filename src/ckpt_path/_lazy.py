@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch.utils import _pytree as pytree
 
-from ckpt_path.errors import CheckpointError
+from ckpt_path.errors import LazyTensorError
 
 __all__ = ["LazyTensor", "Source", "eager", "evaluate", "is_lazy", "stored"]
 
@@ -209,8 +209,9 @@ def evaluate(value: Any) -> Any:  # noqa: ANN401 - a tensor, or anything an oper
     if isinstance(node, Stored):
         tensor = node.source.read(node.key)
         if tensor.shape != value.shape or tensor.dtype != value.dtype:
-            raise CheckpointError(
-                f"{node.key}: the data holds {list(tensor.shape)} {tensor.dtype}, "
+            raise LazyTensorError(
+                node.key,
+                f"the data holds {list(tensor.shape)} {tensor.dtype}, "
                 f"but the metadata says {list(value.shape)} {value.dtype}",
             )
         return tensor
@@ -220,9 +221,9 @@ def evaluate(value: Any) -> Any:  # noqa: ANN401 - a tensor, or anything an oper
 def _compute(node: Deferred, get: Callable[[Any], Any]) -> torch.Tensor:
     for tensor, version in node.versions:
         if tensor._version != version:  # noqa: SLF001
-            raise CheckpointError(
-                f"a converter changed a tensor in place after using it in {node.func}; "
-                "copy it (.clone()) before changing it",
+            raise LazyTensorError(
+                str(node.func),
+                "a converter changed a tensor in place after using it here; copy it (.clone()) before changing it",
             )
     with eager():
         out = node.func(*_map(get, node.args), **_map(get, node.kwargs))

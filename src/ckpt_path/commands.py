@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_path import dcp
-from ckpt_path.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, verify_records, write_checkpoint
+from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.converters import MovesCode, OpsCode
 from ckpt_path.errors import (
     CkptPathError,
@@ -36,6 +36,7 @@ from ckpt_path.registry import Registry
 from ckpt_path.runner import OnStep, StepReport, predict
 from ckpt_path.shapes import Schema, signature
 from ckpt_path.stamp import Stamp, write_stamp
+from ckpt_path.storage import load_checkpoint, save_checkpoint, verify_records, write_checkpoint
 from ckpt_path.versions import parse_version
 
 __all__ = [
@@ -169,7 +170,7 @@ def convert_file(  # noqa: PLR0913 - the options of `ckpt-path convert`
             checkpoint.obj,
             output_path,
             force=force,
-            state_dict_path=checkpoint.state_dict_at,
+            state_dict_at=checkpoint.state_dict_at,
             state_dict_only=state_dict_only,
             metadata=checkpoint.metadata,
             shard_size=checkpoint.shard_size,
@@ -432,7 +433,7 @@ def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`
         obj,
         target,
         force=force or in_place,
-        state_dict_path=checkpoint.state_dict_at,
+        state_dict_at=checkpoint.state_dict_at,
         metadata=checkpoint.metadata,
         shard_size=checkpoint.shard_size,
         protect=() if in_place else checkpoint.files,  # in place replaces its own files, nothing else

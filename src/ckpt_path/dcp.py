@@ -80,7 +80,7 @@ from ckpt_path.stamp import STAMP_KEY, Stamp, parse_stamp, read_stamp, write_sta
 if TYPE_CHECKING:
     from types import FrameType
 
-    from ckpt_path.checkpoint import Checkpoint, Written
+    from ckpt_path.checkpoint import Checkpoint
     from ckpt_path.pickles import Moves
 
 __all__ = [
@@ -569,7 +569,7 @@ class Reader:
 
 
 def _user_globals(names: Sequence[str]) -> dict[str, object]:
-    from ckpt_path.checkpoint import _user_globals as imported
+    from ckpt_path.pickles import user_globals as imported
 
     return imported(names)
 
@@ -1272,64 +1272,6 @@ def _save_in_place(obj: Any, path: Path, *, state_dict_path: Sequence[str], stat
                     transaction.remove(path / stale)  # an earlier stamp's entries, no longer named
     remove_directory(scratch)
     return report
-
-
-def write(  # noqa: PLR0913 - what write_checkpoint passes on
-    obj: Any,  # noqa: ANN401 - any checkpoint object
-    path: Path,
-    *,
-    force: bool,
-    state_dict_path: Sequence[str],
-    state_dict_only: bool,
-    metadata: Mapping[str, str] | None,
-    shard_size: int | None,
-    progress: formats.Progress | None,
-    protect: Iterable[str | os.PathLike[str]],
-    source: Checkpoint | None,
-) -> Written:
-    """Write a checkpoint that is, or comes from, a DCP checkpoint (``write_checkpoint`` hands it here).
-
-    A DCP output is written by :func:`save`; another format from a DCP input gets its lazy
-    tensors through :func:`materialized`, one at a time, then is written as any checkpoint is.
-    """
-    from ckpt_path.checkpoint import Written, write_checkpoint
-
-    protect = tuple(protect)
-    if writes_dcp(path, source):
-        report = save(
-            obj,
-            path,
-            force=force,
-            state_dict_path=state_dict_path,
-            state_dict_only=state_dict_only,
-            protect=protect,
-            source=source,
-        )
-        return Written(path=path, copied_bytes=report.copied_bytes, written_bytes=report.written_bytes)
-    for protected in protect:
-        if (
-            Path(protected).name == METADATA
-            and Path(os.path.realpath(protected)).parent in Path(os.path.realpath(path)).parents
-        ):
-            raise InputOverwriteError(str(path), str(Path(protected).parent), "write into")
-    beside = path if path.parent.is_dir() else path.parent  # a sharded layout makes its own directory
-    if not beside.parent.is_dir():
-        raise SaveError(str(path), f"directory {path.parent} does not exist")
-    if os.path.lexists(path) and not force:
-        raise OutputExistsError(str(path))
-    with materialized(obj, beside) as real:
-        written = write_checkpoint(
-            real,
-            path,
-            force=force,
-            state_dict_path=state_dict_path,
-            state_dict_only=state_dict_only,
-            metadata=metadata,
-            shard_size=shard_size,
-            progress=progress,
-            protect=protect,
-        )
-    return Written(path=written.path, copied_bytes=0, written_bytes=written.copied_bytes + written.written_bytes)
 
 
 # --- other formats from lazy tensors --------------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from ckpt_path import _lazy, dcp
-from ckpt_path.checkpoint import Checkpoint, write_checkpoint
+from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.commands import ConvertResult
 from ckpt_path.errors import (
     CkptPathError,
@@ -51,6 +51,7 @@ from ckpt_path.errors import (
 from ckpt_path.pipeline import Upgrade, open_checkpoint, upgrade
 from ckpt_path.registry import Registry
 from ckpt_path.runner import OnStep
+from ckpt_path.storage import write_checkpoint
 
 __all__ = ["Options", "convert", "in_torchrun", "takes"]
 
@@ -358,7 +359,7 @@ def _write_file(input_path: Path, output: Path, done: Upgrade, options: Options)
         checkpoint.obj,
         output,
         force=options.force,
-        state_dict_path=checkpoint.state_dict_at,
+        state_dict_at=checkpoint.state_dict_at,
         state_dict_only=options.state_dict_only,
         metadata=checkpoint.metadata,
         shard_size=checkpoint.shard_size,

@@ -27,6 +27,9 @@ its traceback.
     │   ├── OutputExistsError          OUTPUT exists and --force was not given
     │   ├── SaveError                  OUTPUT cannot be written there (InputOverwriteError: it would
     │   │                              replace or remove a file of INPUT)
+    │   ├── UnwritableError            an entry the output's format cannot hold (by key)
+    │   ├── LazyTensorError            a tensor read or computed when needed that cannot be (by key)
+    │   ├── StoredEntriesError         a DCP load that would need entries computed, not stored
     │   └── DistributedError           another process of a conversion with many processes failed or died
     ├── UsageError                   options that do not fit together (exit 2 on the command line)
     ├── StepError                    a converter raised or returned the wrong thing
@@ -49,6 +52,7 @@ __all__ = [
     "DuplicateConverterError",
     "GraphError",
     "InputOverwriteError",
+    "LazyTensorError",
     "LossyPathError",
     "MovedGlobalError",
     "NoPathError",
@@ -63,11 +67,13 @@ __all__ = [
     "StampError",
     "StateDictError",
     "StepError",
+    "StoredEntriesError",
     "UnknownVersionError",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "UnsupportedVersionError",
     "UnverifiedStepError",
+    "UnwritableError",
     "UsageError",
     "VersionError",
     "VersionInferenceError",
@@ -417,6 +423,37 @@ class InputOverwriteError(SaveError):
         super().__init__(
             path,
             f"that would {action} {input_file}, a file of the input; write the output to another path",
+        )
+
+
+class UnwritableError(CheckpointError):
+    """The entry ``key`` of a checkpoint cannot be held by the output's format (``reason`` says why)."""
+
+    def __init__(self, key: str | None, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(reason)
+
+
+class LazyTensorError(CheckpointError):
+    """The tensor ``key``, read or computed only when needed, could not be (``reason`` says why)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}")
+
+
+class StoredEntriesError(CheckpointError):
+    """Loading ``path`` as ``target`` would need ``keys`` computed by a step, not read as they are stored."""
+
+    def __init__(self, path: str, target: str, keys: Sequence[str]) -> None:
+        self.path = path
+        self.target = target
+        self.keys = tuple(keys)
+        super().__init__(
+            f"{path}: {_listing(self.keys)} would be computed by a step of the path to {target}, not read as "
+            "stored; convert the checkpoint with `ckpt-path convert` instead",
         )
 
 

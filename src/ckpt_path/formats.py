@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import torch
 
 from ckpt_path._ranges import InputRecord, InputRecords, copy_range
-from ckpt_path.errors import CheckpointError, UnreadableCheckpointError
+from ckpt_path.errors import CheckpointError, SaveError, UnreadableCheckpointError, UnwritableError
 
 __all__ = [
     "INDEX_SUFFIX",
@@ -379,21 +379,24 @@ def tensor_items(state_dict: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]
     items = []
     for key, value in state_dict.items():
         if not isinstance(key, str):
-            raise CheckpointError(
-                f"safetensors names tensors with strings, but the state dict has the key {_shown(key)}"
+            raise UnwritableError(
+                None, f"safetensors names tensors with strings, but the state dict has the key {_shown(key)}"
             )
         if key == "__metadata__":
-            raise CheckpointError(
+            raise UnwritableError(
+                key,
                 "safetensors reserves the name __metadata__ for its metadata, so no tensor may have it; "
                 "a converter must rename that key",
             )
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"safetensors holds only tensors, but {_shown(key)} is a {type(value).__name__}")
+            raise UnwritableError(key, f"safetensors holds only tensors, but {_shown(key)} is a {type(value).__name__}")
         if value.dtype not in _NAMES:
-            raise CheckpointError(f"safetensors cannot hold {_shown(key)}: dtype {value.dtype} has no safetensors name")
+            raise UnwritableError(
+                key, f"safetensors cannot hold {_shown(key)}: dtype {value.dtype} has no safetensors name"
+            )
         problem = unwritable(value, safetensors=True)
         if problem is not None:
-            raise CheckpointError(f"cannot write {_shown(key)} as safetensors: {problem}")
+            raise UnwritableError(key, f"cannot write {_shown(key)} as safetensors: {problem}")
         items.append((key, value))
     # Larger elements first, as the reference writer does, so every tensor starts aligned.
     return sorted(items, key=lambda kv: (-kv[1].dtype.itemsize, kv[0]))
@@ -414,8 +417,9 @@ def _header(items: list[tuple[str, torch.Tensor]], metadata: Mapping[str, str], 
     data = json.dumps(header, separators=(",", ":")).encode()
     data += b" " * (-len(data) % 8)
     if len(data) > _MAX_HEADER:
-        raise CheckpointError(
-            f"cannot write {name}: its safetensors header would be {len(data) / 2**20:.1f} MiB "
+        raise SaveError(
+            name,
+            f"its safetensors header would be {len(data) / 2**20:.1f} MiB "
             f"({len(items)} tensors and the metadata), over the {_MAX_HEADER // 2**20} MiB that safetensors "
             "readers accept; write a sharded layout (*.safetensors.index.json) or a torch file (.pt) instead",
         )

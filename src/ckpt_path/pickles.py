@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
-from ckpt_path.errors import MovedGlobalError
+from ckpt_path.errors import MovedGlobalError, UsageError
 
-__all__ = ["DeletedGlobal", "Moves", "placeholder"]
+__all__ = ["DeletedGlobal", "Moves", "placeholder", "user_globals"]
 
 
 class DeletedGlobal:
@@ -181,3 +181,15 @@ class Moves:
 def everything_deleted() -> Moves:
     """Return moves that make every unknown global a placeholder: to peek without importing anything."""
     return Moves(modules={}, globals={}, deleted=("*",), declared_by="peek", peeking=True)
+
+
+def user_globals(names: Iterable[str]) -> dict[str, object]:
+    """Import the globals a user allowed by name (``--safe-global module.Name``); they win over any move."""
+    allowed: dict[str, object] = {}
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            allowed[name] = getattr(import_module(module), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise UsageError(f"--safe-global {name}: cannot import {attr!r} from {module!r}") from None
+    return allowed

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
-from ckpt_path.checkpoint import Checkpoint, dict_subclass_error, load_checkpoint
+from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.errors import CkptPathError, UnsafeCheckpointError
 from ckpt_path.pickles import Moves, everything_deleted
 from ckpt_path.planner import Plan
 from ckpt_path.provenance import SourceVersion, digest_mismatches, source_version
 from ckpt_path.registry import Registry
 from ckpt_path.runner import OnStep, StepReport, run_plan
+from ckpt_path.storage import load_checkpoint
+from ckpt_path.torchfiles import dict_subclass_error
 
 __all__ = ["Upgrade", "open_checkpoint", "upgrade"]
 

@@ -102,10 +102,6 @@ class _Group(Protocol):
         """Every process's ``value``, in rank order, on every process."""
         ...
 
-    def broadcast(self, value: object) -> Any:  # noqa: ANN401
-        """Process 0's ``value``, on every process."""
-        ...
-
     def close(self) -> None:
         """Leave the group."""
         ...
@@ -117,9 +113,6 @@ class _Alone:
 
     def gather(self, value: object) -> list[Any]:
         return [value]
-
-    def broadcast(self, value: object) -> Any:  # noqa: ANN401
-        return value
 
     def close(self) -> None:
         pass
@@ -145,11 +138,6 @@ class _Torch:
         found: list[Any] = [None] * self.world
         self._dist.all_gather_object(found, value, group=self._group)
         return found
-
-    def broadcast(self, value: object) -> Any:  # noqa: ANN401
-        box = [value]
-        self._dist.broadcast_object_list(box, src=0, group=self._group)
-        return box[0]
 
     def close(self) -> None:
         if self._own and self._dist.is_initialized():

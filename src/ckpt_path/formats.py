@@ -27,7 +27,7 @@ import os
 import re
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -610,35 +610,3 @@ def save_sharded(  # noqa: PLR0913 - a layout needs its index, writer, size and 
     with open_file(index_path) as handle:
         handle.write((json.dumps(index, indent=2) + "\n").encode())
     return [*(shard for shard, _, _ in planned), index_path]
-
-
-@contextlib.contextmanager
-def counting(handle: Any, progress: Progress | None, total: int) -> Iterator[Any]:  # noqa: ANN401
-    """Wrap a binary file so that every write reports progress in bytes."""
-    if progress is None:
-        yield handle
-        return
-    yield _Counting(handle, progress, total)
-
-
-class _Counting:
-    def __init__(self, handle: Any, progress: Progress, total: int) -> None:  # noqa: ANN401
-        self._handle = handle
-        self._progress = progress
-        self._total = total
-        self._done = 0
-
-    def write(self, data: Any) -> int:  # noqa: ANN401 - bytes-like
-        written: int = self._handle.write(data)
-        self._done += len(memoryview(data).cast("B")) if not isinstance(data, bytes) else len(data)
-        self._progress(min(self._done, self._total), self._total)
-        return written
-
-    def flush(self) -> None:
-        self._handle.flush()
-
-    def fileno(self) -> int:
-        return int(self._handle.fileno())
-
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401
-        return getattr(self._handle, name)

@@ -40,7 +40,7 @@ from ckpt_path.ops import (
 )
 from ckpt_path.shapes import signature
 
-# Ops are built here as converter files write them: lists and dotted paths. ops.py types those fields as
+# Ops are built here as converter files write them: lists and dotted paths. ckpt_path.ops types those fields as
 # the tuples the constructors normalise them to, so such calls carry `type: ignore[arg-type]` until it
 # types the accepted inputs (mypy then reports each ignore as unused).
 

@@ -44,7 +44,7 @@ from ckpt_path.runner import run
 from ckpt_path.shapes import signature
 from ckpt_path.stamp import STAMP_KEY
 
-# Ops are built here as converter files write them: lists and dotted paths. ops.py types those fields as
+# Ops are built here as converter files write them: lists and dotted paths. ckpt_path.ops types those fields as
 # the tuples the constructors normalise them to, so such calls carry `type: ignore[arg-type]` until it
 # types the accepted inputs (mypy then reports each ignore as unused).
 

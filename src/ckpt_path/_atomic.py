@@ -1,7 +1,9 @@
-"""Files written to temporaries beside their targets, fsynced, and placed all at once.
+"""Writes placed all at once: files, and whole directories, written to temporaries beside their targets.
 
-One job. A :class:`Transaction` hands out temporary files, each in the directory of the file it
-will become (``.NAME.ckpt-path-XXXXXXXX.tmp``), flushed and fsynced when closed. When the
+One job: the atomic-write transaction every writer uses.
+
+**Files.** A :class:`Transaction` hands out temporary files, each in the directory of the file
+it will become (``.NAME.ckpt-path-XXXXXXXX.tmp``), flushed and fsynced when closed. When the
 ``with`` block ends without an error the temporaries are placed in the order they were opened
 (so the last one, a sharded layout's index, is the one switch a reader sees), the directories
 are fsynced, and only then are the files queued with :meth:`Transaction.remove` removed. On
@@ -26,11 +28,23 @@ What it guarantees:
   while it is written, and the kernel drops it when its process dies, however it dies: a
   temporary nobody holds is stale at once; on a file system without ``flock`` one not
   modified for :data:`STALE_AFTER` seconds is.
+
+**Directories.** A directory written whole (a distributed checkpoint, whose files several
+processes write) is made by :func:`temporary_directory` beside its target, removed by
+:func:`removed_on_failure` on any error, Ctrl-C or SIGTERM (the signal is then delivered
+again), and put in place by :func:`place_directory`: fsynced, given the permission bits
+``mkdir()`` would give it, and renamed with ``renameat2``. Without ``force`` it never replaces
+what is there (``RENAME_NOREPLACE``); with ``force`` it is swapped with it atomically
+(``RENAME_EXCHANGE``) and the old one is removed; where the kernel or libc lacks
+``renameat2`` the old one is moved aside first. Every process writing it holds a shared lock
+on it, so :func:`remove_stale_directories` leaves it alone while any of them lives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import os
@@ -52,7 +66,19 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-__all__ = ["STALE_AFTER", "TEMP_MARK", "Transaction", "check_target", "remove_stale_temporaries", "temporary_pattern"]
+__all__ = [
+    "STALE_AFTER",
+    "TEMP_MARK",
+    "Transaction",
+    "check_target",
+    "place_directory",
+    "remove_directory",
+    "remove_stale_directories",
+    "remove_stale_temporaries",
+    "removed_on_failure",
+    "temporary_directory",
+    "temporary_pattern",
+]
 
 TEMP_MARK = ".ckpt-path-"
 """Between a target's name and mkstemp's random part: ``.out.ckpt.ckpt-path-a1b2c3d4.tmp``."""
@@ -131,7 +157,7 @@ class _Protected:
 
 
 class _Terminated(BaseException):
-    """Raised in the main thread when SIGTERM arrives during a write."""
+    """Raised in the main thread when SIGTERM arrives during a write (of files or of a directory)."""
 
 
 class Transaction:
@@ -343,3 +369,109 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# --- whole directories ----------------------------------------------------------------------------
+
+
+def temporary_directory(path: Path) -> Path:
+    """Make the directory an output directory is written into, beside ``path`` (``.NAME.ckpt-path-XXXXXXXX.tmp``)."""
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent))
+
+
+def remove_directory(path: Path) -> None:
+    """Remove a temporary output directory (never anything else)."""
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def removed_on_failure(temporary: Path) -> Iterator[None]:
+    """Remove ``temporary`` on any error, Ctrl-C or SIGTERM (then SIGTERM is delivered again)."""
+    previous: Any = None
+    terminated = False
+
+    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        raise _Terminated
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    lock = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY)
+    with contextlib.suppress(OSError):  # shared by every process writing it; the kernel drops it when they die
+        fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    try:
+        yield
+    except BaseException:
+        remove_directory(temporary)
+        if terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+        raise
+    finally:
+        os.close(lock)
+        if previous is not None and not terminated:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def place_directory(temporary: Path, path: Path, *, force: bool) -> None:
+    """Put the written directory at ``path``: a rename, or an atomic swap with what is there (``force``).
+
+    ``temporary`` is fsynced first and given the permission bits ``mkdir`` would give it
+    (``mkdtemp`` made it private).
+    """
+    _fsync_directory(temporary)
+    temporary.chmod(0o777 & ~_umask())
+    if not os.path.lexists(path):
+        if _renameat2(temporary, path, _RENAME_NOREPLACE) is False:
+            if os.path.lexists(path):
+                raise OutputExistsError(str(path))
+            temporary.rename(path)
+        _fsync_directory(path.parent)
+        return
+    if not force:
+        raise OutputExistsError(str(path))
+    if _renameat2(temporary, path, _RENAME_EXCHANGE) is not False:
+        _fsync_directory(path.parent)
+        remove_directory(temporary)  # it now holds what was at ``path``
+        return
+    aside = temporary_directory(path)
+    aside.rmdir()
+    path.rename(aside)
+    try:
+        temporary.rename(path)
+    except BaseException:
+        aside.rename(path)
+        raise
+    _fsync_directory(path.parent)
+    remove_directory(aside)
+
+
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> bool | None:
+    """``renameat2(2)``; False where the kernel or libc lacks it, so the caller falls back."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    at_fdcwd = -100
+    result = function(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), flags)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}:
+        return False
+    if code == errno.EEXIST:
+        raise OutputExistsError(str(target))
+    raise OSError(code, os.strerror(code), str(target))
+
+
+def remove_stale_directories(path: Path, *, older_than: float = STALE_AFTER) -> None:
+    """Remove temporary directories for ``path`` that a killed run left (see :func:`remove_stale_temporaries`)."""
+    remove_stale_temporaries(path.parent, re.escape(path.name), older_than=older_than, directories=True)

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
 
 from ckpt_path import _lazy, dcp
-from ckpt_path.errors import CheckpointError
+from ckpt_path.errors import StoredEntriesError
 from ckpt_path.pipeline import upgrade
 from ckpt_path.registry import Registry
 
@@ -99,11 +99,7 @@ class UpgradingLoadPlanner(DefaultLoadPlanner):
             wanted, _ = flatten_state_dict(state_dict)
             refused = sorted(set(wanted) & set(computed))
             if refused:
-                raise CheckpointError(
-                    f"{self._checkpoint}: {', '.join(refused[:10])} would be computed by a step of the path to "
-                    f"{self._target}, not read as stored; convert the checkpoint with "
-                    "`ckpt-path convert` instead",
-                )
+                raise StoredEntriesError(str(self._checkpoint), str(self._target), refused)
             _rename(metadata, renames, paths)
         super().set_up_planner(state_dict, metadata, is_coordinator)
 

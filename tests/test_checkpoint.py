@@ -284,6 +284,22 @@ def test_safe_global_that_cannot_be_imported(tmp_path):
 # --- saving -------------------------------------------------------------------------------------
 
 
+def test_save_checkpoint_still_takes_the_old_name_of_state_dict_at(tmp_path):
+    """``state_dict_path=`` was renamed ``state_dict_at=``; the old name works, with a DeprecationWarning."""
+    ckpt = {"state_dict": OrderedDict(w=torch.ones(2)), "epoch": 1}
+    with pytest.warns(DeprecationWarning, match="state_dict_at"):
+        save_checkpoint(ckpt, tmp_path / "o.safetensors", state_dict_path=("state_dict",), state_dict_only=True)
+    assert list(load_checkpoint(tmp_path / "o.safetensors").state_dict) == ["w"]
+
+
+def test_a_torch_still_importing_is_no_tensor_yet(monkeypatch):
+    """While another thread imports torch, ``sys.modules["torch"]`` has no Tensor yet: nothing is a tensor then."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    assert find_state_dict({"state_dict": {}, "epoch": 1}) == ("state_dict",)
+
+
 def test_save_refuses_existing_output(tmp_path):
     """save_checkpoint without force refuses an existing file and leaves it as it was."""
     out = tmp_path / "out.ckpt"

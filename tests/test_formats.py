@@ -503,6 +503,19 @@ def test_interrupted_forced_write_keeps_the_old_layout(tmp_path):
     assert_same_tensors(load_checkpoint(output).state_dict, old)
 
 
+def test_a_failed_sharded_write_removes_every_directory_it_made(tmp_path):
+    """A layout written into new nested directories that fails leaves none of them behind."""
+    output = tmp_path / "new" / "nested" / "model.safetensors.index.json"
+
+    def interrupt(_done: int, _total: int) -> None:
+        raise KeyboardInterrupt
+
+    state_dict = {f"layer{i}": torch.full((ELEMENTS,), 1.0) for i in range(4)}
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(state_dict, output, shard_size=2 * ELEMENTS * 4, progress=interrupt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # --- 4. checkpoints with more than a state dict ------------------------------------------------
 
 

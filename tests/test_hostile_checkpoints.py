@@ -192,6 +192,25 @@ def test_a_compressed_pickle_is_refused_before_it_is_inflated(tmp_path, converte
     assert calls == []
 
 
+def test_a_refused_zip_imports_nothing_a_safe_global_names(tmp_path):
+    """The zip is checked before --safe-global imports anything: a bomb is refused unread (exit 1), the module unrun."""
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": _sd(), "ckpt_path": {"version": "1.0.0"}}, plain)
+    bomb = tmp_path / "bomb.ckpt"
+    _rezip(plain, bomb, compress="data.pkl")
+    marker = tmp_path / "imported"
+    (tmp_path / "loud_module.py").write_text(f"open({str(marker)!r}, 'w').close()\nThing = dict\n", encoding="utf-8")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        result = cli("inspect", bomb, "--safe-global", "loud_module.Thing")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert result.exit_code == 1
+    assert "data.pkl is compressed" in assert_one_line_error(result)
+    assert not marker.exists()
+    sys.modules.pop("loud_module", None)
+
+
 def test_an_oversized_pickle_is_refused_unless_the_limit_is_raised(tmp_path, converters, monkeypatch):
     """A data.pkl over CKPT_PATH_MAX_PICKLE_MB is refused naming the variable; raising it lets the file through."""
     path = tmp_path / "in.ckpt"
@@ -242,6 +261,14 @@ def test_a_flipped_byte_in_a_record_that_is_read_is_refused(tmp_path, converter)
     assert "CRC-32 does not match" in line
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_flipped_byte_is_refused_when_the_output_is_a_dcp_directory(tmp_path, converters):
+    """A DCP output copies nothing from a torch input: every record it read must match its CRC-32, else no output."""
+    out = tmp_path / "o.dcp"
+    line = assert_one_line_error(cli("convert", _damaged(tmp_path), "-o", out, "--converters", converters))
+    assert "CRC-32 does not match" in line
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("command", ["convert", "stamp"])

@@ -222,8 +222,9 @@ def _compute(node: Deferred, get: Callable[[Any], Any]) -> torch.Tensor:
     for tensor, version in node.versions:
         if tensor._version != version:  # noqa: SLF001
             raise LazyTensorError(
-                str(node.func),
-                "a converter changed a tensor in place after using it here; copy it (.clone()) before changing it",
+                None,
+                f"a converter changed a tensor in place after using it in {node.func}; "
+                "copy it (.clone()) before changing it",
             )
     with eager():
         out = node.func(*_map(get, node.args), **_map(get, node.kwargs))

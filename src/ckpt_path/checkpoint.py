@@ -47,7 +47,7 @@ class Checkpoint:
     state_dict_at: tuple[str, ...]
     stamp: Stamp | None
     format: str
-    """``torch``, ``torch-legacy``, ``safetensors``, ``safetensors-sharded`` or ``object``."""
+    """``torch``, ``torch-legacy``, ``safetensors``, ``safetensors-sharded``, ``dcp`` or ``object`` (made in memory)."""
     file: Path | None = None
     files: tuple[Path, ...] = ()
     """Every file the checkpoint was read from (an index and its shards); never written to."""
@@ -94,8 +94,8 @@ def stamp_fields(obj: object, state_dict_at: Sequence[str], path: Path | None) -
 
 def _is_tensor(value: object) -> bool:
     """Whether ``value`` is a tensor, without importing torch: no tensor exists before torch is imported."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)  # None too while torch is still importing
+    return tensor is not None and isinstance(value, tensor)
 
 
 def _is_tensor_map(value: object) -> bool:

@@ -51,7 +51,7 @@ from ckpt_path.errors import (
 from ckpt_path.pipeline import Upgrade, open_checkpoint, upgrade
 from ckpt_path.registry import Registry
 from ckpt_path.runner import OnStep
-from ckpt_path.storage import write_checkpoint
+from ckpt_path.storage import verify_records, write_checkpoint
 
 __all__ = ["Options", "convert", "in_torchrun", "takes"]
 
@@ -328,6 +328,7 @@ def _run(  # noqa: C901, PLR0913 - one process's part, and the three times it me
 
         def commit() -> None:
             if group.rank == 0:
+                verify_records(done.checkpoint)  # nothing is copied from a torch input: all it read must match its CRC
                 try:
                     dcp.finish(job, reports, place, output, force=options.force)
                 except OSError as exc:

@@ -436,12 +436,12 @@ class UnwritableError(CheckpointError):
 
 
 class LazyTensorError(CheckpointError):
-    """The tensor ``key``, read or computed only when needed, could not be (``reason`` says why)."""
+    """A tensor read or computed only when needed could not be: ``key`` (when known) and ``reason``."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str | None, reason: str) -> None:
         self.key = key
         self.reason = reason
-        super().__init__(f"{key}: {reason}")
+        super().__init__(f"{key}: {reason}" if key is not None else reason)
 
 
 class StoredEntriesError(CheckpointError):

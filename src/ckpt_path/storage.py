@@ -26,6 +26,7 @@ import json
 import os
 import pickle
 import types
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,15 +47,12 @@ from ckpt_path.errors import (
     StateDictError,
     UnreadableCheckpointError,
 )
-from ckpt_path.pickles import Moves, user_globals
+from ckpt_path.pickles import Moves
 from ckpt_path.stamp import STAMP_KEY, read_stamp, write_stamp
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "Format",
-    "ReadOptions",
-    "WriteOptions",
-    "format_named",
     "load_checkpoint",
     "reading_format",
     "save_checkpoint",
@@ -112,11 +110,11 @@ class Format:
         raise NotImplementedError
 
     def copyable(self, source: Checkpoint) -> list[InputRecords]:  # noqa: ARG002 - formats that copy nothing
-        """Return the byte ranges of an input in this format that still hold tensors, to copy them as they are."""
+        """Return the byte ranges of ``source``'s files (read in this format) that still hold tensors, to copy."""
         return []
 
     def check_read(self, source: Checkpoint, copied: Sequence[InputRecord]) -> None:
-        """Check what was read from an input in this format (not copied as it was) before the output is placed."""
+        """Check what was read from ``source``'s files (not copied as it was) before the output is placed."""
 
 
 class _FileFormat(Format):
@@ -124,34 +122,34 @@ class _FileFormat(Format):
 
     tensors_only: ClassVar[bool] = False
     """Holds a flat state dict of tensors only (safetensors): other content needs ``state_dict_only``."""
+    own_directory: ClassVar[bool] = False
+    """Makes its directory when it does not exist (a sharded layout is a directory of its own)."""
+    writer: ClassVar[str]
+    """What writes it, as messages name it."""
 
     def write(self, obj: object, path: Path, options: WriteOptions, source: Checkpoint | None) -> Written:
         """Refuse what cannot be written, then write every file into one transaction; see :func:`write_checkpoint`."""
         self._check_output(path, force=options.force)
         directory = path.parent if str(path.parent) else Path()
         obj = self._to_write(obj, path, options)
-        created = self._makes_directory and not directory.exists()
+        created = _missing_directories(directory) if self.own_directory else []
         if created:
-            directory.mkdir(parents=True)  # a sharded layout is a directory of its own
+            directory.mkdir(parents=True)
         if not directory.is_dir():
             raise SaveError(str(path), f"directory {directory} does not exist")
-        reader = format_named(source.format) if source is not None and source.file is not None else None
-        inputs = _copyable(reader, source)
+        inputs = _copyable(source)
         try:
             with _atomic.Transaction(force=options.force, protect=options.protect) as transaction:
                 tally = self._write_files(transaction, obj, path, options, inputs)
-                if reader is not None and source is not None:
-                    reader.check_read(source, tally.copied)
+                _check_read(source, tally.copied)
         except BaseException as exc:
-            if created:
+            for made in created:  # deepest first; one that is not empty any more stays
                 with contextlib.suppress(OSError):
-                    directory.rmdir()
+                    made.rmdir()
             if isinstance(exc, pickle.PicklingError | AttributeError | TypeError | OSError | RuntimeError):
-                raise _save_error(path, exc) from exc
+                raise _save_error(path, exc, self.writer) from exc
             raise
         return Written(path=path, copied_bytes=tally.copied_bytes, written_bytes=tally.written_bytes)
-
-    _makes_directory: ClassVar[bool] = False
 
     def _check_output(self, path: Path, *, force: bool) -> None:
         """Refuse an OUTPUT that must not be replaced, before anything else is done."""
@@ -182,21 +180,22 @@ class _FileFormat(Format):
 
 
 class _Torch(_FileFormat):
-    """``torch.save``'s zip (written with unchanged records copied), or the legacy format (read only)."""
+    """``torch.save``'s zip: read weights-only, written with unchanged records copied (they keep their CRC-32)."""
 
     name = "torch"
+    writer = "torch.save"
 
     def read(self, path: Path, options: ReadOptions) -> Checkpoint:
         """Read weights-only, mapping moved globals; see :mod:`ckpt_path.torchfiles`."""
         found = torchfiles.read_torch_file(
-            path, user=user_globals(options.safe_globals), moves=options.moves, mmap=options.mmap
+            path, safe_globals=options.safe_globals, moves=options.moves, mmap=options.mmap
         )
         state_dict_at = find_state_dict(found.obj, options.state_dict_key)
         return Checkpoint(
             obj=found.obj,
             state_dict_at=state_dict_at,
             **stamp_fields(found.obj, state_dict_at, path),
-            format="torch" if found.zipped else "torch-legacy",
+            format=(_TORCH if found.zipped else _TORCH_LEGACY).name,
             file=path,
             files=(path,),
             placeholders=found.placeholders,
@@ -204,14 +203,12 @@ class _Torch(_FileFormat):
         )
 
     def copyable(self, source: Checkpoint) -> list[InputRecords]:
-        """Return a zip's records, which keep their CRC-32 when copied (a legacy file has none to copy)."""
-        if source.format != "torch" or source.file is None:
-            return []
-        return [InputRecords.torch_zip(source.file)]
+        """Return the zip's records, which keep their CRC-32 when copied."""
+        return [InputRecords.torch_zip(source.file)] if source.file is not None else []
 
     def check_read(self, source: Checkpoint, copied: Sequence[InputRecord]) -> None:
-        """Check the CRC-32 of every record of a zip input that was read, not copied as it was."""
-        if source.format == "torch" and source.file is not None:
+        """Check the CRC-32 of every record of the zip that was read, not copied as it was."""
+        if source.file is not None:
             skip = {record.data_offset for record in copied}
             torchfiles.verify(source.file, lambda start: start not in skip)
 
@@ -235,11 +232,25 @@ class _Torch(_FileFormat):
         return _Tally(copied_bytes=report.copied_bytes, written_bytes=report.written_bytes, copied=report.copied)
 
 
+class _TorchLegacy(_Torch):
+    """``torch.save``'s format before torch 1.6: read only (written as a zip); no records to copy or check."""
+
+    name = "torch-legacy"
+
+    def copyable(self, source: Checkpoint) -> list[InputRecords]:  # noqa: ARG002 - nothing to copy
+        """Return nothing: the legacy format has no records to copy."""
+        return []
+
+    def check_read(self, source: Checkpoint, copied: Sequence[InputRecord]) -> None:
+        """Check nothing: the legacy format has no CRC-32 to check."""
+
+
 class _Safetensors(_FileFormat):
     """One safetensors file: a flat state dict, read lazily, written as a stream with ranges copied."""
 
     name = "safetensors"
     tensors_only = True
+    writer = "the safetensors writer"
 
     def read(self, path: Path, options: ReadOptions) -> Checkpoint:
         """Read the header and map the file; see :mod:`ckpt_path.formats`."""
@@ -278,7 +289,8 @@ class _Sharded(_FileFormat):
 
     name = "safetensors-sharded"
     tensors_only = True
-    _makes_directory = True
+    own_directory = True
+    writer = "the safetensors writer"
 
     def read(self, path: Path, options: ReadOptions) -> Checkpoint:
         """Read the index and every shard's header; see :mod:`ckpt_path.formats`."""
@@ -347,12 +359,16 @@ class _Dcp(Format):
         )
 
     def write(self, obj: object, path: Path, options: WriteOptions, source: Checkpoint | None) -> Written:
-        """Write the layout ``torch.distributed.checkpoint.save`` makes, unchanged chunks copied."""
+        """Write the layout ``torch.distributed.checkpoint.save`` makes, unchanged chunks copied.
+
+        Only a DCP input's chunks are copied; anything read from another input is checked first.
+        """
+        _check_read(source, ())
         report = dcp.save(
             obj,
             path,
             force=options.force,
-            state_dict_path=options.state_dict_at,
+            state_dict_at=options.state_dict_at,
             state_dict_only=options.state_dict_only,
             protect=options.protect,
             source=source,
@@ -360,28 +376,13 @@ class _Dcp(Format):
         return Written(path=path, copied_bytes=report.copied_bytes, written_bytes=report.written_bytes)
 
 
-_TORCH, _SAFETENSORS, _SHARDED, _DCP = _Torch(), _Safetensors(), _Sharded(), _Dcp()
-_BY_NAME: dict[str, Format] = {
-    "torch": _TORCH,
-    "torch-legacy": _TORCH,
-    _SAFETENSORS.name: _SAFETENSORS,
-    _SHARDED.name: _SHARDED,
-    _DCP.name: _DCP,
-}
+_TORCH, _TORCH_LEGACY, _SAFETENSORS, _SHARDED, _DCP = _Torch(), _TorchLegacy(), _Safetensors(), _Sharded(), _Dcp()
+_BY_NAME: dict[str, Format] = {f.name: f for f in (_TORCH, _TORCH_LEGACY, _SAFETENSORS, _SHARDED, _DCP)}
 
 
-def format_named(name: str) -> Format:
-    """Return the format a :attr:`Checkpoint.format` names (``object``: made in memory, nothing to read)."""
-    return _BY_NAME.get(name, _NO_FILE)
-
-
-class _Object(Format):
-    """A checkpoint handed in from Python: nothing to copy from and nothing to check."""
-
-    name = "object"
-
-
-_NO_FILE = _Object()
+def format_named(name: str) -> Format | None:
+    """Return the format a :attr:`Checkpoint.format` names; None for ``object`` (made in memory, no file)."""
+    return _BY_NAME.get(name)
 
 
 def reading_format(path: Path) -> Format:
@@ -430,7 +431,13 @@ def load_checkpoint(
 
 
 def save_checkpoint(obj: object, path: str | Path, **options: Any) -> Path:  # noqa: ANN401 - write_checkpoint's
-    """Save a checkpoint atomically and return where; the options are :func:`write_checkpoint`'s."""
+    """Save a checkpoint atomically and return where; the options are :func:`write_checkpoint`'s.
+
+    ``state_dict_path`` is the old name of ``state_dict_at``; it still works, with a DeprecationWarning.
+    """
+    if "state_dict_path" in options:
+        warnings.warn("save_checkpoint(state_dict_path=...) is now state_dict_at=...", DeprecationWarning, stacklevel=2)
+        options["state_dict_at"] = options.pop("state_dict_path")
     return write_checkpoint(obj, path, **options).path
 
 
@@ -517,18 +524,39 @@ def verify_records(checkpoint: Checkpoint) -> None:
     :meth:`Format.check_read`). A record corrupted in transit is refused, never laundered into a
     file with a fresh, valid CRC.
     """
-    if checkpoint.format == "torch" and checkpoint.file is not None:
-        torchfiles.verify(checkpoint.file)
+    _check_read(checkpoint, ())
 
 
-def _copyable(reader: Format | None, source: Checkpoint | None) -> list[InputRecords]:
+def _reader(source: Checkpoint | None) -> Format | None:
+    """Return the format ``source`` was read in from its files; None for no input, or one made in memory."""
+    return format_named(source.format) if source is not None and source.file is not None else None
+
+
+def _copyable(source: Checkpoint | None) -> list[InputRecords]:
     """Return the input's byte ranges that may be copied; none if the input changed under us (write from memory)."""
+    reader = _reader(source)
     if reader is None or source is None:
         return []
     try:
         return reader.copyable(source)
     except (OSError, *torchfiles.ZIP_ERRORS, CheckpointError):
         return []
+
+
+def _check_read(source: Checkpoint | None, copied: Sequence[InputRecord]) -> None:
+    """Check what was read of the input, not copied as it was (a torch zip's CRC-32s)."""
+    reader = _reader(source)
+    if reader is not None and source is not None:
+        reader.check_read(source, copied)
+
+
+def _missing_directories(directory: Path) -> list[Path]:
+    """Return ``directory`` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
 
 
 def _flat_only(path: Path, options: ReadOptions) -> None:
@@ -569,7 +597,7 @@ def _tensor_bytes(obj: object) -> int:
     return 0
 
 
-def _save_error(path: Path, exc: Exception) -> SaveError:
+def _save_error(path: Path, exc: Exception, writer: str) -> SaveError:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "DeletedGlobal[" in reason:
         name = reason.split("DeletedGlobal[", 1)[1].split("]", 1)[0]
@@ -580,7 +608,7 @@ def _save_error(path: Path, exc: Exception) -> SaveError:
         )
     if isinstance(exc, OSError):
         return SaveError(str(path), exc.strerror or reason)
-    return SaveError(str(path), f"the checkpoint holds something torch.save cannot write ({reason[:200]})")
+    return SaveError(str(path), f"the checkpoint holds something {writer} cannot write ({reason[:200]})")
 
 
 _OPAQUE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)

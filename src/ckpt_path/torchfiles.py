@@ -19,7 +19,7 @@ import re
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ckpt_path.errors import CheckpointError, UnreadableCheckpointError, UnsafeCheckpointError, UsageError
-from ckpt_path.pickles import Moves
+from ckpt_path.pickles import Moves, user_globals
 
 __all__ = ["MAX_PICKLE_ENV", "ZIP_ERRORS", "TorchFile", "dict_subclass_error", "read_torch_file", "verify"]
 
@@ -50,8 +50,10 @@ class TorchFile:
     """Dict subclasses read as plain dicts (declared ``read_as_dict``, or by a peek)."""
 
 
-def read_torch_file(path: Path, *, user: Mapping[str, object], moves: Moves | None, mmap: bool) -> TorchFile:
-    """Read a torch file weights-only; ``user`` maps the globals the user allowed by name to their objects.
+def read_torch_file(path: Path, *, safe_globals: Sequence[str], moves: Moves | None, mmap: bool) -> TorchFile:
+    """Read a torch file weights-only; ``safe_globals`` names the globals the user allowed (``module.Name``).
+
+    The zip is checked before anything else: a file refused unread never imports the user's modules.
 
     Raises :class:`UnreadableCheckpointError` (damaged, foreign, hostile in size) or
     :class:`UnsafeCheckpointError` (a global neither the user nor ``moves`` allows, by name).
@@ -59,6 +61,7 @@ def read_torch_file(path: Path, *, user: Mapping[str, object], moves: Moves | No
     zipped = _is_zip(path)
     if zipped:
         _check_pickle_record(path)
+    user = user_globals(safe_globals)
     obj, placeholders, dicts = _torch_load(path, zipped=zipped, user=user, moves=moves, mmap=mmap)
     if obj is None:
         raise UnreadableCheckpointError(str(path), "the file holds None")

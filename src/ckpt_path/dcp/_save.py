@@ -104,7 +104,7 @@ def save(  # noqa: PLR0913 - what writing a checkpoint needs
     path: str | os.PathLike[str],
     *,
     force: bool = False,
-    state_dict_path: Sequence[str] = (),
+    state_dict_at: Sequence[str] = (),
     state_dict_only: bool = False,
     protect: Iterable[str | os.PathLike[str]] = (),
     source: Checkpoint | None = None,
@@ -117,9 +117,9 @@ def save(  # noqa: PLR0913 - what writing a checkpoint needs
     """
     path = Path(path)
     if source is not None and source.file is not None and path.exists() and path.samefile(source.file):
-        return _save_in_place(obj, path, state_dict_path=state_dict_path, state_dict_only=state_dict_only)
+        return _save_in_place(obj, path, state_dict_at=state_dict_at, state_dict_only=state_dict_only)
     check_output(path, force=force, protect=protect)
-    job = plan_job(obj, state_dict_path, state_dict_only=state_dict_only, path=path)
+    job = plan_job(obj, state_dict_at, state_dict_only=state_dict_only, path=path)
     temporary = _atomic.temporary_directory(path)
     with _atomic.removed_on_failure(temporary):
         try:
@@ -131,9 +131,9 @@ def save(  # noqa: PLR0913 - what writing a checkpoint needs
     return report
 
 
-def _save_in_place(obj: Any, path: Path, *, state_dict_path: Sequence[str], state_dict_only: bool) -> WriteReport:  # noqa: ANN401
+def _save_in_place(obj: Any, path: Path, *, state_dict_at: Sequence[str], state_dict_only: bool) -> WriteReport:  # noqa: ANN401
     """Rewrite a DCP directory's non-tensor entries and ``.metadata``; its tensor chunks stay where they are."""
-    job = plan_job(obj, state_dict_path, state_dict_only=state_dict_only, path=path)
+    job = plan_job(obj, state_dict_at, state_dict_only=state_dict_only, path=path)
     copies = [item for item in job.items if isinstance(item, _Copy)]
     if any(isinstance(item, _Tensor) for item in job.items) or any(c.directory != path for c in copies):
         raise SaveError(str(path), "only the stamp and non-tensor entries of a DCP checkpoint are rewritten in place")

@@ -26,12 +26,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Coverage follows the processes the tests start (pyproject's [tool.coverage.run] patch); each
+# writes a .coverage.* file. COVERAGE_FILE is absolute so every one lands here, whatever directory
+# the process runs in; combine merges them into .coverage and removes them.
+pytest: export COVERAGE_FILE := $(CURDIR)/.coverage
 pytest: $(STAMP)
+	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.*

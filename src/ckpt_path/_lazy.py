@@ -120,7 +120,7 @@ class LazyTensor(torch.Tensor):
         where = f"{node.key!r}" if isinstance(node, Stored) else "computed" if isinstance(node, Real) else "deferred"
         return f"LazyTensor({list(self.shape)}, {self.dtype}, {where})"
 
-    def __reduce_ex__(self, protocol: Any) -> Any:  # noqa: ANN401
+    def __reduce_ex__(self, protocol: Any) -> Any:
         """Pickle (``torch.save``, ``copy.deepcopy``) the values, as a plain tensor."""
         return evaluate(self).__reduce_ex__(protocol)
 
@@ -130,11 +130,11 @@ class LazyTensor(torch.Tensor):
     @classmethod
     def __torch_dispatch__(  # type: ignore[override]
         cls,
-        func: Any,  # noqa: ANN401 - an OpOverload
-        types: Any,  # noqa: ANN401
+        func: Any,
+        types: Any,
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
-    ) -> Any:  # noqa: ANN401
+    ) -> Any:
         """Defer ``func``, or run it now on real values (see the module's docstring)."""
         kwargs = kwargs or {}
         schema = func._schema  # noqa: SLF001
@@ -162,7 +162,7 @@ class LazyTensor(torch.Tensor):
         return pytree.tree_unflatten(wrapped, spec)
 
 
-def _on_meta(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:  # noqa: ANN401
+def _on_meta(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run ``func`` on meta tensors; None when it cannot be deferred (no meta kernel, data-dependent, not tensors)."""
     try:
         out = func(*_map(_meta, args), **_map(_meta, kwargs))
@@ -199,7 +199,7 @@ def eager() -> Iterator[None]:
         _EAGER.reset(token)
 
 
-def evaluate(value: Any) -> Any:  # noqa: ANN401 - a tensor, or anything an operation takes
+def evaluate(value: Any) -> Any:
     """Return the values of a lazy tensor as a plain tensor (read or computed now; not kept)."""
     if not isinstance(value, LazyTensor):
         return value
@@ -232,7 +232,7 @@ def _compute(node: Deferred, get: Callable[[Any], Any]) -> torch.Tensor:
     return result
 
 
-def _materialize(value: Any) -> Any:  # noqa: ANN401
+def _materialize(value: Any) -> Any:
     """Compute a lazy tensor's values and keep them in it (its views then share them)."""
     if not isinstance(value, LazyTensor):
         return value
@@ -283,7 +283,7 @@ def _lazy_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[LazyTensor]:
     return [leaf for leaf in pytree.tree_leaves((args, kwargs)) if isinstance(leaf, LazyTensor)]
 
 
-def _meta(value: Any) -> Any:  # noqa: ANN401
+def _meta(value: Any) -> Any:
     if isinstance(value, LazyTensor):
         return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
     return value
@@ -299,5 +299,5 @@ def _wants_meta(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         return False
 
 
-def _map(function: Callable[[Any], Any], tree: Any) -> Any:  # noqa: ANN401
+def _map(function: Callable[[Any], Any], tree: Any) -> Any:
     return pytree.tree_map(function, tree)

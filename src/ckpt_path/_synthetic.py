@@ -121,7 +121,7 @@ def _random(shape: Sequence[int], dtype: torch.dtype, generator: torch.Generator
     return torch.randint(-100, 100, tuple(shape), generator=generator).to(dtype)
 
 
-def tensors(checkpoint: Any) -> dict[str, torch.Tensor]:  # noqa: ANN401 - any checkpoint object
+def tensors(checkpoint: Any) -> dict[str, torch.Tensor]:
     """Return the tensors of a checkpoint's state dict (``ckpt["state_dict"]``, or the flat checkpoint)."""
     sd = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
@@ -140,7 +140,7 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
 
 
-def checkpoint_differences(expected: Any, got: Any) -> list[str]:  # noqa: ANN401 - any checkpoint objects
+def checkpoint_differences(expected: Any, got: Any) -> list[str]:
     """Every way the tensors of ``got`` differ from those of ``expected``, one line per key, sorted.
 
     ``KEY: missing``, ``KEY: unexpected``, ``KEY: expected [2, 3] float32, got [3, 2] float32``
@@ -177,7 +177,7 @@ def edge_converter(registry: Registry, source: str, target: str) -> Converter:
     return converter
 
 
-def run_converter(registry: Registry, converter: Converter, checkpoint: Any) -> Any:  # noqa: ANN401
+def run_converter(registry: Registry, converter: Converter, checkpoint: Any) -> Any:
     """Run one converter, with every check of a real run, on a copy of ``checkpoint``; return the result."""
     plan = Plan(source=converter.source, target=converter.target, steps=(converter,))
     return run(plan, copy.deepcopy(checkpoint), schemas=registry.schema).checkpoint
@@ -251,7 +251,7 @@ def round_trip_differences(
     registry: Registry,
     source: str,
     target: str,
-    checkpoint: Any = None,  # noqa: ANN401 - any checkpoint object
+    checkpoint: Any = None,
 ) -> list[str]:
     """Run ``source -> target -> source`` and return how the result differs from the start (bitwise).
 

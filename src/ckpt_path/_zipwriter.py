@@ -87,7 +87,7 @@ class _Writer:
 
     # --- the interface torch.serialization._save uses --------------------------------------
 
-    def write_record(self, name: str, data: Any, nbytes: int) -> None:  # noqa: ANN401 - bytes, str or a storage
+    def write_record(self, name: str, data: Any, nbytes: int) -> None:
         """Write one record: bytes or a string as given, a storage from the input or its memory."""
         full = f"archive/{name}"
         if isinstance(data, str):

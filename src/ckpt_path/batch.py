@@ -136,7 +136,7 @@ def convert_batch(
     *,
     workers: int = 1,
     on_done: Callable[[BatchItem, int, int], None] | None = None,
-    **options: Any,  # noqa: ANN401 - convert_file's options, the same for every input
+    **options: Any,
 ) -> list[BatchItem]:
     """Convert every ``(input, output)`` pair; return one item per pair, in the order given.
 

@@ -63,7 +63,7 @@ class Checkpoint:
     """What is wrong with a stamp that could not be trusted (then ``stamp`` is None)."""
 
     @classmethod
-    def from_object(cls, obj: Any, *, state_dict_key: str | None = None) -> Checkpoint:  # noqa: ANN401
+    def from_object(cls, obj: Any, *, state_dict_key: str | None = None) -> Checkpoint:
         """Wrap a checkpoint object held in memory (a dict, a flat state dict)."""
         state_dict_at = find_state_dict(obj, state_dict_key)
         return cls(obj=obj, state_dict_at=state_dict_at, format="object", **stamp_fields(obj, state_dict_at, None))
@@ -155,7 +155,7 @@ def _tensor_part(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
     return {k: v for k, v in mapping.items() if _is_tensor(v)}
 
 
-def get_state_dict(obj: Any, at: Sequence[str]) -> MutableMapping[str, Any]:  # noqa: ANN401 - checkpoints are any pickle
+def get_state_dict(obj: Any, at: Sequence[str]) -> MutableMapping[str, Any]:
     """Follow the keys ``at`` into ``obj`` and return the state dict there."""
     node = obj
     for key in at:

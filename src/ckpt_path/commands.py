@@ -230,7 +230,7 @@ def load(  # noqa: PLR0913 - mirrors convert_file
     strict: bool = False,
     state_dict_key: str | None = None,
     safe_globals: Sequence[str] = (),
-) -> Any:  # noqa: ANN401 - a checkpoint is whatever the file holds
+) -> Any:
     """Load a checkpoint file and return it converted to ``target``, in memory.
 
     The file is not touched. The path taken and a command that would persist the result

@@ -79,7 +79,7 @@ class UpgradingLoadPlanner(DefaultLoadPlanner):
         *,
         source: str | None = None,
         allow_lossy: bool = False,
-        **options: Any,  # noqa: ANN401 - DefaultLoadPlanner's own
+        **options: Any,
     ) -> None:
         super().__init__(**options)
         self._checkpoint = Path(checkpoint_id)

@@ -200,7 +200,7 @@ class _Memory:
         return self.tensors[key]
 
 
-def _wrapped(obj: Any, memory: _Memory) -> Any:  # noqa: ANN401
+def _wrapped(obj: Any, memory: _Memory) -> Any:
     """Replace every plain tensor of ``obj`` by a lazy one reading it, so steps defer their work."""
     if isinstance(obj, torch.Tensor) and not isinstance(obj, _lazy.LazyTensor) and not obj.is_meta:
         key = str(len(memory.tensors))
@@ -464,7 +464,7 @@ def _written_by_forks(job: dcp.Job, workers: int, temporary: Path, output: Path)
             pipe.close()
 
 
-def _report(rank: int, workers: int, pipe: Connection, process: Any) -> dcp.WriteReport:  # noqa: ANN401 - a Process
+def _report(rank: int, workers: int, pipe: Connection, process: Any) -> dcp.WriteReport:
     """Return what process ``rank`` wrote, or raise what went wrong with it."""
     try:
         said = pipe.recv() if pipe.poll() else None

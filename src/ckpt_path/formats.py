@@ -181,7 +181,7 @@ def _check_entry(name: str, key: str, entry: object, data_size: int) -> tuple[in
     return begin, end
 
 
-def _loads(text: str | bytes, name: str, what: str) -> Any:  # noqa: ANN401 - any JSON
+def _loads(text: str | bytes, name: str, what: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
@@ -451,7 +451,7 @@ class Copied:
 
 
 def _write_tensors(  # noqa: PLR0913 - where to write, what, from where, and progress
-    handle: Any,  # noqa: ANN401 - a binary file
+    handle: Any,
     items: list[tuple[str, torch.Tensor]],
     progress: Progress | None,
     done: int,
@@ -491,7 +491,7 @@ def _write_tensors(  # noqa: PLR0913 - where to write, what, from where, and pro
 
 def save_safetensors(  # noqa: PLR0913 - what to write, where, and what may be copied
     state_dict: Mapping[str, Any],
-    handle: Any,  # noqa: ANN401 - a binary file
+    handle: Any,
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     *,

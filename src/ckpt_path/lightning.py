@@ -181,7 +181,7 @@ class CkptPathMixin:
         if parent is not None:
             parent()
 
-    def _ckpt_path_trainer(self) -> Any:  # noqa: ANN401 - a lightning.Trainer, or None
+    def _ckpt_path_trainer(self) -> Any:
         try:
             return getattr(self, "trainer", None)  # Lightning raises when no trainer is attached
         except RuntimeError:
@@ -235,7 +235,7 @@ class CkptPathMixin:
         return optimizer.record_parameters(self._ckpt_path_named_parameters(), optimizers)
 
 
-def _fitting(trainer: Any) -> bool:  # noqa: ANN401 - a lightning.Trainer, or None
+def _fitting(trainer: Any) -> bool:
     """Whether ``trainer`` is fitting (the only time Lightning loads the optimizer state)."""
     fn = getattr(getattr(trainer, "state", None), "fn", None)
     return str(getattr(fn, "value", fn)) == "fit"

@@ -595,7 +595,7 @@ def _through_ops(name: str, owners: _Owners, context: _Context) -> dict[str, Any
     return stand_in
 
 
-def _own_dtype(value: Any, own: Any, weight_before: Any, weight_after: Any) -> Any:  # noqa: ANN401 - tensors
+def _own_dtype(value: Any, own: Any, weight_before: Any, weight_after: Any) -> Any:
     """Give a followed field its own dtype back when the step left the weight's dtype as it was."""
     if own.dtype != weight_before.dtype and weight_after.dtype == weight_before.dtype:
         return value.to(own.dtype)

@@ -37,7 +37,7 @@ class DeletedGlobal:
 
     __ckpt_path_global__ = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> DeletedGlobal:  # noqa: ANN401, ARG004, PYI034 - any pickle
+    def __new__(cls, *args: Any, **kwargs: Any) -> DeletedGlobal:  # noqa: ARG004, PYI034 - any pickle
         """Create the placeholder; the arguments are kept by ``__init__``."""
         instance = super().__new__(cls)
         instance.args = args
@@ -45,12 +45,12 @@ class DeletedGlobal:
         instance.state = None
         return instance
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - any pickle
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
         self.kwargs = dict(kwargs)
         self.state: Any = None
 
-    def __setstate__(self, state: Any) -> None:  # noqa: ANN401
+    def __setstate__(self, state: Any) -> None:
         """Keep the pickled state instead of applying it."""
         self.state = state
 

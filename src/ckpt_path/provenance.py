@@ -66,7 +66,7 @@ def infer_version(checkpoint: Checkpoint, registry: Registry) -> Version:
     raise VersionInferenceError(checkpoint.name, [str(v) for v in matches], closeness)
 
 
-def version_at_key(obj: Any, key: str) -> str | None:  # noqa: ANN401 - any checkpoint
+def version_at_key(obj: Any, key: str) -> str | None:
     """Return the version recorded at a dotted ``key`` of a checkpoint, or None if absent."""
     node = obj
     for part in key.split("."):

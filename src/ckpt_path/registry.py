@@ -186,7 +186,7 @@ class Registry:
         self,
         source: str,
         target: str,
-        **options: Any,  # noqa: ANN401 - forwarded to add()
+        **options: Any,
     ) -> Callable[[ConvertFn], ConvertFn]:
         """Register the decorated function as a converter: ``@registry.converter("1.0", "1.1")``."""
 

@@ -116,7 +116,7 @@ def _code(
     return convert, when
 
 
-def _unchanged(checkpoint: Any) -> Any:  # noqa: ANN401
+def _unchanged(checkpoint: Any) -> Any:
     return checkpoint
 
 
@@ -127,7 +127,7 @@ def _ops_convert(ops: Sequence[Op], state_dict_at: tuple[str, ...]) -> Callable[
     get the whole checkpoint object and where its state dict is, which they never touch.
     """
 
-    def convert(checkpoint: Any) -> Any:  # noqa: ANN401
+    def convert(checkpoint: Any) -> Any:
         state_dict = get_state_dict(checkpoint, state_dict_at)
         for index, op in enumerate(ops, 1):
             try:
@@ -265,7 +265,7 @@ def _call(
     step: Step,
     convert: Callable[[Any], Any],
     when: Callable[[Any], Any] | None,
-    obj: Any,  # noqa: ANN401 - any checkpoint
+    obj: Any,
     *,
     dry_run: bool,
 ) -> tuple[bool, Any]:
@@ -332,7 +332,7 @@ def _check_step(
 
 def run(  # noqa: PLR0913 - each option is a documented knob of a run
     plan: Plan,
-    checkpoint: Any,  # noqa: ANN401 - a checkpoint is whatever torch.load returned
+    checkpoint: Any,
     *,
     state_dict_key: str | None = None,
     schemas: SchemaLookup | None = None,

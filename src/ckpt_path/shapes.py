@@ -44,7 +44,7 @@ class TensorSpec:
         return f"[{', '.join(map(str, self.shape))}] {self.dtype}"
 
 
-def dtype_name(dtype: Any) -> str:  # noqa: ANN401 - a torch.dtype, without importing torch here
+def dtype_name(dtype: Any) -> str:
     """Name a torch dtype the way schemas do: ``float32``, ``bfloat16``."""
     return str(dtype).removeprefix("torch.")
 

@@ -129,7 +129,7 @@ def read_stamp(obj: object, state_dict_at: Sequence[str] = ()) -> Stamp | None:
     return None if raw is None else parse_stamp(raw)
 
 
-def write_stamp(obj: Any, state_dict_at: Sequence[str], stamp: Stamp) -> Any:  # noqa: ANN401 - any checkpoint
+def write_stamp(obj: Any, state_dict_at: Sequence[str], stamp: Stamp) -> Any:
     """Write ``stamp`` into a checkpoint object and return the object.
 
     A dict checkpoint gets a top-level ``ckpt_path`` key. A flat state dict gets it in its

@@ -157,7 +157,7 @@ class _FileFormat(Format):
         if path.exists() and not force:
             raise OutputExistsError(str(path))
 
-    def _to_write(self, obj: Any, path: Path, options: WriteOptions) -> Any:  # noqa: ANN401 - any checkpoint
+    def _to_write(self, obj: Any, path: Path, options: WriteOptions) -> Any:
         """Return what is written at ``path``; refuse what cannot be, by key, before anything touches the disk."""
         if self.tensors_only or options.state_dict_only:
             obj = _flat_state_dict(obj, options.state_dict_at, path, state_dict_only=options.state_dict_only)
@@ -170,7 +170,7 @@ class _FileFormat(Format):
     def _write_files(
         self,
         transaction: _atomic.Transaction,
-        obj: Any,  # noqa: ANN401 - any checkpoint
+        obj: Any,
         path: Path,
         options: WriteOptions,
         inputs: Sequence[InputRecords],
@@ -215,7 +215,7 @@ class _Torch(_FileFormat):
     def _write_files(
         self,
         transaction: _atomic.Transaction,
-        obj: Any,  # noqa: ANN401 - any checkpoint
+        obj: Any,
         path: Path,
         options: WriteOptions,
         inputs: Sequence[InputRecords],
@@ -273,7 +273,7 @@ class _Safetensors(_FileFormat):
     def _write_files(
         self,
         transaction: _atomic.Transaction,
-        obj: Any,  # noqa: ANN401 - a state dict
+        obj: Any,
         path: Path,
         options: WriteOptions,
         inputs: Sequence[InputRecords],
@@ -321,7 +321,7 @@ class _Sharded(_FileFormat):
     def _write_files(
         self,
         transaction: _atomic.Transaction,
-        obj: Any,  # noqa: ANN401 - a state dict
+        obj: Any,
         path: Path,
         options: WriteOptions,
         inputs: Sequence[InputRecords],
@@ -430,7 +430,7 @@ def load_checkpoint(
     return reading_format(path).read(path, options)
 
 
-def save_checkpoint(obj: object, path: str | Path, **options: Any) -> Path:  # noqa: ANN401 - write_checkpoint's
+def save_checkpoint(obj: object, path: str | Path, **options: Any) -> Path:
     """Save a checkpoint atomically and return where; the options are :func:`write_checkpoint`'s.
 
     ``state_dict_path`` is the old name of ``state_dict_at``; it still works, with a DeprecationWarning.
@@ -570,7 +570,7 @@ def _shard_files(index: Path) -> list[Path]:
     return sorted({index.parent / shard for shard in weight_map.values()})
 
 
-def _flat_state_dict(obj: Any, state_dict_at: Sequence[str], path: Path, *, state_dict_only: bool) -> Any:  # noqa: ANN401
+def _flat_state_dict(obj: Any, state_dict_at: Sequence[str], path: Path, *, state_dict_only: bool) -> Any:
     """Return the state dict alone, carrying the checkpoint's stamp in its ``_metadata``."""
     if not state_dict_at:
         return obj

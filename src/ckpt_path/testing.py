@@ -64,7 +64,7 @@ def _schema(registry: Registry, version: str) -> Schema:
     return schema
 
 
-def run_edge(registry: Registry, source: str, target: str, checkpoint: Any) -> Any:  # noqa: ANN401
+def run_edge(registry: Registry, source: str, target: str, checkpoint: Any) -> Any:
     """Run the one converter ``source -> target`` on a copy of ``checkpoint``; return the result."""
     try:
         converter = edge_converter(registry, source, target)
@@ -73,14 +73,14 @@ def run_edge(registry: Registry, source: str, target: str, checkpoint: Any) -> A
     return run_converter(registry, converter, checkpoint)
 
 
-def assert_equal_checkpoints(expected: Any, got: Any) -> None:  # noqa: ANN401
+def assert_equal_checkpoints(expected: Any, got: Any) -> None:
     """Assert two checkpoints hold the same tensor keys with bitwise-equal values and dtypes."""
     differences = checkpoint_differences(expected, got)
     if differences:
         raise AssertionError(f"checkpoints differ: {summarize(differences)}")
 
 
-def assert_round_trip(registry: Registry, source: str, target: str, checkpoint: Any = None) -> None:  # noqa: ANN401
+def assert_round_trip(registry: Registry, source: str, target: str, checkpoint: Any = None) -> None:
     """Assert that ``source -> target`` then ``target -> source`` gives back the checkpoint bitwise.
 
     Without ``checkpoint`` one is synthesised from the schema of ``source`` (or, for ops,

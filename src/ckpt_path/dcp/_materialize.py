@@ -43,7 +43,7 @@ def _walk(obj: object) -> Iterator[object]:
 
 
 @contextlib.contextmanager
-def materialized(obj: Any, beside: Path) -> Iterator[Any]:  # noqa: ANN401
+def materialized(obj: Any, beside: Path) -> Iterator[Any]:
     """Yield a copy of ``obj`` whose lazy tensors are plain tensors mapped from a scratch file.
 
     Each lazy tensor is evaluated on its own and its bytes written to a scratch file beside
@@ -100,7 +100,7 @@ def materialized(obj: Any, beside: Path) -> Iterator[Any]:  # noqa: ANN401
     yield _rebuilt(obj, mapped)
 
 
-def _rebuilt(obj: Any, mapped: Mapping[int, torch.Tensor]) -> Any:  # noqa: ANN401
+def _rebuilt(obj: Any, mapped: Mapping[int, torch.Tensor]) -> Any:
     """Copy the containers of ``obj``, putting the mapped tensor for each lazy one and reading unread entries."""
     if isinstance(obj, _lazy.LazyTensor):
         return mapped[id(obj)]

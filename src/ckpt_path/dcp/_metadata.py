@@ -73,19 +73,19 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
 class _MetadataUnpickler(pickle.Unpickler):
     """Unpickles ``.metadata`` naming only allowlisted globals; any other is refused by name, never imported."""
 
-    def __init__(self, handle: Any, name: str) -> None:  # noqa: ANN401 - a binary file
+    def __init__(self, handle: Any, name: str) -> None:
         super().__init__(handle)
         self._name = name
         self._allowed = _allowed_globals()
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: ANN401
+    def find_class(self, module: str, name: str) -> Any:
         found = self._allowed.get((module, name))
         if found is None:
             raise UnsafeCheckpointError(self._name, [f"{module}.{name}"])
         return found
 
 
-def _read_metadata(directory: Path) -> Any:  # noqa: ANN401 - DCP's Metadata
+def _read_metadata(directory: Path) -> Any:
     """Unpickle ``directory/.metadata`` (allowlisted globals only) and check it is DCP's ``Metadata``."""
     name = str(directory)
     try:

@@ -57,7 +57,7 @@ def metadata_only() -> Iterator[None]:
         _METADATA_ONLY.reset(token)
 
 
-def archive_records(data: Any, name: str, what: str) -> dict[str, tuple[int, int]]:  # noqa: ANN401 - bytes-like
+def archive_records(data: Any, name: str, what: str) -> dict[str, tuple[int, int]]:
     """Return where each record of one ``torch.save`` archive lies in ``data``, each checked against its CRC-32.
 
     ``data`` is the archive's bytes or a view of them (a memory map: nothing is copied).
@@ -94,7 +94,7 @@ def archive_records(data: Any, name: str, what: str) -> dict[str, tuple[int, int
 class _View(io.RawIOBase):
     """A read-only, seekable file over bytes or a memory map, that copies only what is read."""
 
-    def __init__(self, data: Any) -> None:  # noqa: ANN401 - bytes-like
+    def __init__(self, data: Any) -> None:
         super().__init__()
         self._data = memoryview(data)
         self._position = 0
@@ -113,7 +113,7 @@ class _View(io.RawIOBase):
         self._position = max(0, base + offset)
         return self._position
 
-    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - a writable buffer
+    def readinto(self, buffer: Any) -> int:
         chunk = self._data[self._position : self._position + len(buffer)]
         size = len(chunk)
         memoryview(buffer).cast("B")[:size] = chunk
@@ -174,7 +174,7 @@ class Reader:
         archive_records(data, str(self.directory), f"{what} in {where.file}")
         return data
 
-    def _load(self, data: bytes, what: str, allowed: Mapping[str, object] | None = None) -> Any:  # noqa: ANN401
+    def _load(self, data: bytes, what: str, allowed: Mapping[str, object] | None = None) -> Any:
         pairs: list[Any] = [(obj, dotted) for dotted, obj in sorted((allowed or {}).items())]
         try:
             with torch.serialization.safe_globals(pairs):
@@ -205,7 +205,7 @@ class Reader:
         finally:
             view.release()
 
-        def persistent_load(saved_id: Any) -> Any:  # noqa: ANN401 - torch's persistent id
+        def persistent_load(saved_id: Any) -> Any:
             if not isinstance(saved_id, tuple) or len(saved_id) != 5 or saved_id[0] != "storage":  # noqa: PLR2004
                 raise UnreadableCheckpointError(name, f"{what} is damaged (a bad storage reference)")
             _, kind, key, _location, numel = saved_id
@@ -252,7 +252,7 @@ class Reader:
             target.copy_(part)
         return whole if whole is not None else torch.empty(entry.shape, dtype=entry.dtype)
 
-    def read_object(self, key: str) -> Any:  # noqa: ANN401 - any non-tensor entry
+    def read_object(self, key: str) -> Any:
         """Return the non-tensor entry ``key``, loaded with ``weights_only=True`` (moves applied)."""
         entry = self.entries[key]
         assert entry.where is not None  # noqa: S101 - only non-tensor entries are read as objects
@@ -280,7 +280,7 @@ class Unread:
     def __repr__(self) -> str:
         return f"<DCP entry {self.key!r}, not read>"
 
-    def read(self) -> Any:  # noqa: ANN401
+    def read(self) -> Any:
         """Read the entry now."""
         return self.source.read_object(self.key)
 

@@ -100,7 +100,7 @@ def finish(job: Job, reports: Sequence[WriteReport], temporary: Path, path: Path
 
 
 def save(  # noqa: PLR0913 - what writing a checkpoint needs
-    obj: Any,  # noqa: ANN401 - any checkpoint object
+    obj: Any,
     path: str | os.PathLike[str],
     *,
     force: bool = False,
@@ -131,7 +131,7 @@ def save(  # noqa: PLR0913 - what writing a checkpoint needs
     return report
 
 
-def _save_in_place(obj: Any, path: Path, *, state_dict_at: Sequence[str], state_dict_only: bool) -> WriteReport:  # noqa: ANN401
+def _save_in_place(obj: Any, path: Path, *, state_dict_at: Sequence[str], state_dict_only: bool) -> WriteReport:
     """Rewrite a DCP directory's non-tensor entries and ``.metadata``; its tensor chunks stay where they are."""
     job = plan_job(obj, state_dict_at, state_dict_only=state_dict_only, path=path)
     copies = [item for item in job.items if isinstance(item, _Copy)]

@@ -167,7 +167,7 @@ def _cost(item: Item) -> int:
     return 0
 
 
-def plan_job(obj: Any, state_dict_at: Sequence[str], *, state_dict_only: bool, path: Path) -> Job:  # noqa: ANN401
+def plan_job(obj: Any, state_dict_at: Sequence[str], *, state_dict_only: bool, path: Path) -> Job:
     """Flatten a checkpoint object into what a DCP directory holds, and what each entry costs to write."""
     stamp = _stamp_of(obj, state_dict_at)
     if state_dict_only and state_dict_at:
@@ -181,7 +181,7 @@ def plan_job(obj: Any, state_dict_at: Sequence[str], *, state_dict_only: bool, p
     return Job(leaves=leaves, items=tuple(items), stamp=stamp)
 
 
-def _stamp_of(obj: Any, state_dict_at: Sequence[str]) -> Stamp | None:  # noqa: ANN401
+def _stamp_of(obj: Any, state_dict_at: Sequence[str]) -> Stamp | None:
     """Return the stamp to record in ``.metadata``, or None when there is none or it is damaged."""
     try:
         return read_stamp(obj, state_dict_at)
@@ -217,7 +217,7 @@ class _DataFile:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self.position = 0
 
-    def write(self, data: Any) -> int:  # noqa: ANN401 - bytes-like
+    def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
@@ -352,7 +352,7 @@ def _writable(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def build_metadata(job: Job, reports: Iterable[WriteReport], path: Path) -> Any:  # noqa: ANN401 - DCP's Metadata
+def build_metadata(job: Job, reports: Iterable[WriteReport], path: Path) -> Any:
     """Return the ``Metadata`` of the written checkpoint, as DCP's file-system writer records it."""
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import (
@@ -404,6 +404,6 @@ def build_metadata(job: Job, reports: Iterable[WriteReport], path: Path) -> Any:
     return metadata
 
 
-def write_metadata(metadata: object, handle: Any) -> None:  # noqa: ANN401 - a binary file
+def write_metadata(metadata: object, handle: Any) -> None:
     """Pickle ``Metadata`` as DCP does."""
     pickle.dump(metadata, handle)

@@ -37,7 +37,7 @@ def _dtype_name(name: str, op: str) -> str:
     return _ALIASES.get(name, name)
 
 
-def _torch_dtype(name: str, op: str) -> Any:  # noqa: ANN401 - a torch.dtype
+def _torch_dtype(name: str, op: str) -> Any:
     import torch
 
     dtype = getattr(torch, name, None)
@@ -75,7 +75,7 @@ def _is_tensor(value: object) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "numel")
 
 
-def _spec(tensor: Any) -> TensorSpec:  # noqa: ANN401 - a torch.Tensor
+def _spec(tensor: Any) -> TensorSpec:
     return TensorSpec(tuple(int(d) for d in tensor.shape), str(tensor.dtype).removeprefix("torch."))
 
 
@@ -100,7 +100,7 @@ class Op:
         """Apply the op to a state dict in place."""
         raise NotImplementedError
 
-    def apply_meta(self, checkpoint: Any, state_dict_at: Sequence[str]) -> None:  # noqa: ANN401 - any checkpoint
+    def apply_meta(self, checkpoint: Any, state_dict_at: Sequence[str]) -> None:
         """Apply a metadata op to the whole checkpoint object (the state dict is at ``state_dict_at``)."""
         raise NotImplementedError
 

@@ -57,7 +57,7 @@ def _dotted(path: tuple[str, ...]) -> str:
     return ".".join(path) if not any("." in p for p in path) else repr(list(path))
 
 
-def _parent(checkpoint: Any, path: tuple[str, ...], state_dict_at: Sequence[str], op: str) -> Any:  # noqa: ANN401 - any checkpoint and its values
+def _parent(checkpoint: Any, path: tuple[str, ...], state_dict_at: Sequence[str], op: str) -> Any:
     """Return the container holding ``path``'s last key, checking the path is metadata."""
     if not state_dict_at:
         raise OpError(f"{op}: the checkpoint is a flat state dict; it holds no metadata")
@@ -77,7 +77,7 @@ def _parent(checkpoint: Any, path: tuple[str, ...], state_dict_at: Sequence[str]
     return node
 
 
-def _child(node: Any, part: str) -> Any:  # noqa: ANN401 - a checkpoint's value
+def _child(node: Any, part: str) -> Any:
     if isinstance(node, Mapping):
         return node.get(part, UNSET)
     if isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
@@ -85,12 +85,12 @@ def _child(node: Any, part: str) -> Any:  # noqa: ANN401 - a checkpoint's value
     return UNSET
 
 
-def _get(checkpoint: Any, path: tuple[str, ...], state_dict_at: Sequence[str], op: str) -> Any:  # noqa: ANN401 - any checkpoint and its values
+def _get(checkpoint: Any, path: tuple[str, ...], state_dict_at: Sequence[str], op: str) -> Any:
     parent = _parent(checkpoint, path, state_dict_at, op)
     return UNSET if parent is UNSET else _child(parent, path[-1])
 
 
-def _set(checkpoint: Any, path: tuple[str, ...], value: Any, state_dict_at: Sequence[str], op: str) -> None:  # noqa: ANN401 - any checkpoint and its values
+def _set(checkpoint: Any, path: tuple[str, ...], value: Any, state_dict_at: Sequence[str], op: str) -> None:
     parent = _parent(checkpoint, path, state_dict_at, op)
     if parent is UNSET or not isinstance(parent, MutableMapping):
         where = _dotted(path[:-1])
@@ -98,7 +98,7 @@ def _set(checkpoint: Any, path: tuple[str, ...], value: Any, state_dict_at: Sequ
     parent[path[-1]] = value
 
 
-def _delete(checkpoint: Any, path: tuple[str, ...], state_dict_at: Sequence[str], op: str) -> Any:  # noqa: ANN401 - any checkpoint and its values
+def _delete(checkpoint: Any, path: tuple[str, ...], state_dict_at: Sequence[str], op: str) -> Any:
     parent = _parent(checkpoint, path, state_dict_at, op)
     if not isinstance(parent, MutableMapping):
         raise OpError(f"{op}: {_dotted(path)} is not a key of a dict of the checkpoint")
@@ -147,7 +147,7 @@ class SetMeta(_MetaOp):
     def is_lossy(self) -> bool:
         return self.replace
 
-    def apply_meta(self, checkpoint: Any, state_dict_at: Sequence[str]) -> None:  # noqa: ANN401 - any checkpoint
+    def apply_meta(self, checkpoint: Any, state_dict_at: Sequence[str]) -> None:
         current = _get(checkpoint, self.path, state_dict_at, "SetMeta")
         where = _dotted(self.path)
         if self.old is not UNSET:
@@ -190,7 +190,7 @@ class MoveMeta(_MetaOp):
         if self.source == self.target:
             raise OpError(f"MoveMeta: source and target are both {_dotted(self.source)}")
 
-    def apply_meta(self, checkpoint: Any, state_dict_at: Sequence[str]) -> None:  # noqa: ANN401 - any checkpoint
+    def apply_meta(self, checkpoint: Any, state_dict_at: Sequence[str]) -> None:
         value = _get(checkpoint, self.source, state_dict_at, "MoveMeta")
         if value is UNSET:
             if self.optional:
@@ -230,7 +230,7 @@ class DropMeta(_MetaOp):
     def is_lossy(self) -> bool:
         return self.value is UNSET
 
-    def apply_meta(self, checkpoint: Any, state_dict_at: Sequence[str]) -> None:  # noqa: ANN401 - any checkpoint
+    def apply_meta(self, checkpoint: Any, state_dict_at: Sequence[str]) -> None:
         current = _get(checkpoint, self.path, state_dict_at, "DropMeta")
         if current is UNSET:
             if self.optional:

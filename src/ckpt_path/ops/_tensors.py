@@ -96,7 +96,7 @@ class _EachKey(Op):
     def _new(self, key: str, spec: TensorSpec, binding: Mapping[str, str], sig: Signature) -> TensorSpec:
         raise NotImplementedError
 
-    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:  # noqa: ANN401 - a torch.Tensor
+    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:
         raise NotImplementedError
 
     def predict(self, sig: Signature) -> Signature:
@@ -145,7 +145,7 @@ class Permute(_EachKey):
             raise OpError(f"{key}: Permute{self.dims} needs {len(self.dims)} dims, the tensor has {ndim}")
         return TensorSpec(tuple(spec.shape[d] for d in self.dims), spec.dtype)
 
-    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:  # noqa: ANN401 - a torch.Tensor
+    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:
         del spec
         return tensor.permute(*self.dims).contiguous()
 
@@ -178,7 +178,7 @@ class Transpose(_EachKey):
         shape[a], shape[b] = shape[b], shape[a]
         return TensorSpec(tuple(shape), spec.dtype)
 
-    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:  # noqa: ANN401 - a torch.Tensor
+    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:
         del spec
         return tensor.transpose(self.dim0, self.dim1).contiguous()
 
@@ -252,7 +252,7 @@ class Reshape(_EachKey):
             raise OpError(f"{key}: cannot reshape {list(spec.shape)} ({numel} elements) to {_show(self.shape)}")
         return TensorSpec(shape, spec.dtype)
 
-    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:  # noqa: ANN401 - a torch.Tensor
+    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:
         return tensor.reshape(spec.shape)
 
     def inverse(self) -> Op | None:
@@ -298,7 +298,7 @@ class Squeeze(_EachKey):
                 raise OpError(f"{key}: dim {d} of {list(spec.shape)} has size {spec.shape[d]}, not 1")
         return TensorSpec(tuple(n for i, n in enumerate(spec.shape) if i not in positions), spec.dtype)
 
-    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:  # noqa: ANN401 - a torch.Tensor
+    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:
         return tensor.reshape(spec.shape)
 
     def inverse(self) -> Op:
@@ -328,7 +328,7 @@ class Unsqueeze(_EachKey):
         sizes = iter(spec.shape)
         return TensorSpec(tuple(1 if i in positions else next(sizes) for i in range(ndim)), spec.dtype)
 
-    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:  # noqa: ANN401 - a torch.Tensor
+    def _apply_one(self, tensor: Any, spec: TensorSpec) -> Any:
         return tensor.reshape(spec.shape)
 
     def inverse(self) -> Op:

@@ -12,10 +12,11 @@ import pytest
 from typer.testing import Result
 
 from ckpt_fixtures import CKPT_PATH_BIN
-from ckpt_path.check import Finding, check_directory, scaffold_converter
+from ckpt_path.check import Finding, check_directory
 from ckpt_path.converter_files import read_converter_file
 from ckpt_path.errors import CkptPathError
 from ckpt_path.registry import Registry
+from ckpt_path.scaffold import scaffold_converter
 from ckpt_path.testing import assert_equal_checkpoints, run_edge, synthetic_checkpoint
 from helpers import cli
 

@@ -11,7 +11,7 @@ import torch
 
 from ckpt_path import Registry, read_converter_file
 from ckpt_path._synthetic import synthetic_checkpoint
-from ckpt_path.check import draft_ops
+from ckpt_path.drafting import draft_ops
 from ckpt_path.ops import Cast, Concat, DropDerived, Rename, Squeeze, Stack, Transpose
 from ckpt_path.runner import RunResult, run
 from ckpt_path.shapes import Schema, TensorSpec, load_schema

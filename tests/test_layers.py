@@ -27,7 +27,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("converter files and the graph", {"converter_files", "_converter_code", "graph", "planner", "registry"}),
     ("bytes on disk", {"_ranges", "_atomic", "_lazy", "_zipwriter", "formats", "torchfiles", "dcp", "storage"}),
     ("running a plan", {"optimizer", "runner", "provenance", "_synthetic", "pipeline"}),
-    ("entry points", {"commands", "testing", "lightning", "check", "dcp_planner", "batch", "distributed"}),
+    (
+        "entry points",
+        {"commands", "testing", "lightning", "check", "scaffold", "drafting", "dcp_planner", "batch", "distributed"},
+    ),
     ("the command line", {"cli", "__main__"}),
 ]
 """Bottom up; a module may import from its own layer and those below, never from one above."""

@@ -803,8 +803,8 @@ def new(
       ckpt-path new fuse_qkv --from 1.2.0 --to 1.3.0 --ops
       ckpt-path new moe_fusion --from 1.3.0 --to 2.0.0 --infer
     """
-    from ckpt_path.check import scaffold_converter
     from ckpt_path.registry import find_converters_dir
+    from ckpt_path.scaffold import scaffold_converter
 
     with _user_errors():
         path = scaffold_converter(find_converters_dir(converters), name, source, target, ops=ops, infer=infer)

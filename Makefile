@@ -34,6 +34,7 @@ pytest: $(STAMP)
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest -q
 	$(BIN)/coverage combine -q
+	rm -f $(CURDIR)/.coverage.*  # left by processes killed before they wrote (tests of interrupted work)
 	$(BIN)/coverage report
 
 bench: $(STAMP)

@@ -6,9 +6,10 @@ are in ``conftest.py`` and the checkpoint builders in ``ckpt_fixtures.py``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -108,3 +109,13 @@ def build_registry(edges: Iterable[Edge]) -> Registry:
             Converter.from_function(source, target, convert, name=edge_name(source, target), **options),
         )
     return registry
+
+
+def write_schema(directory: Path, version: str, tensors: Mapping[str, tuple[Sequence[int], str]]) -> Path:
+    """Write ``directory/schemas/<version>.json`` holding ``key: (shape, dtype)`` entries; return its path."""
+    body = {key: {"shape": list(shape), "dtype": dtype} for key, (shape, dtype) in tensors.items()}
+    folder = directory / "schemas"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{version}.json"
+    path.write_text(json.dumps({"version": version, "tensors": body}), encoding="utf-8")
+    return path

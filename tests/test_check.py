@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from ckpt_path.errors import CkptPathError
 from ckpt_path.registry import Registry
 from ckpt_path.scaffold import scaffold_converter
 from ckpt_path.testing import assert_equal_checkpoints, run_edge, synthetic_checkpoint
-from helpers import cli
+from helpers import cli, write_schema
 
 RESIZE_TO_1_2 = '''"""Go to 1.2.0."""
 
@@ -249,15 +248,6 @@ def test_check_needs_no_pytest(examples, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "converters OK" in done.stdout
     assert "Traceback" not in done.stderr
-
-
-def write_schema(directory: Path, version: str, tensors: dict[str, tuple[list[int], str]]) -> None:
-    """Write ``schemas/<version>.json`` holding ``key: (shape, dtype)`` entries."""
-    body = {k: {"shape": shape, "dtype": dtype} for k, (shape, dtype) in tensors.items()}
-    (directory / "schemas").mkdir(parents=True, exist_ok=True)
-    (directory / "schemas" / f"{version}.json").write_text(
-        json.dumps({"version": version, "tensors": body}), encoding="utf-8"
-    )
 
 
 def write_ops(directory: Path, name: str, ops: str, *, reversible: bool = True) -> Path:

@@ -171,6 +171,8 @@ def test_convert_json_has_contract_keys(v010_stamped, out_dir, examples):
     assert len(steps[2]["removed"]) == 6
     assert steps[3]["added"] == ["output_scale"]
     assert all(s["changed"] == [] for s in steps)
+    assert steps[0]["ops"] is None  # a convert function: its diff says what it did
+    assert steps[2]["ops"] == ["concatenated 3 into processor.qkv_proj.{p} along dim 0, 2 times"]
 
 
 def test_convert_reports_changed_keys(tmp_path, out_dir):

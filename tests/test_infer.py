@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TypeAlias
 
@@ -12,21 +11,14 @@ import torch
 from ckpt_path import Registry, read_converter_file
 from ckpt_path._synthetic import synthetic_checkpoint
 from ckpt_path.drafting import draft_ops
-from ckpt_path.ops import Cast, Concat, DropDerived, Rename, Squeeze, Stack, Transpose
+from ckpt_path.ops import Cast, Concat, DropDerived, Rename, Split, Squeeze, Stack, Transpose, Unstack
 from ckpt_path.runner import RunResult, run
 from ckpt_path.shapes import Schema, TensorSpec, load_schema
-from helpers import cli
+from helpers import cli, write_schema
+from peers import mixtral
 
 Tensors: TypeAlias = dict[str, tuple[tuple[int, ...], str]]
 """A layout as schemas describe it: key -> (shape, dtype)."""
-
-
-def write_schema(directory: Path, version: str, tensors: Tensors) -> None:
-    """Write ``schemas/<version>.json`` with the given key -> (shape, dtype)."""
-    folder = directory / "schemas"
-    folder.mkdir(parents=True, exist_ok=True)
-    body = {"version": version, "tensors": {k: {"shape": list(s), "dtype": d} for k, (s, d) in tensors.items()}}
-    (folder / f"{version}.json").write_text(json.dumps(body), encoding="utf-8")
 
 
 def schema(version: str, tensors: Tensors) -> Schema:
@@ -123,25 +115,10 @@ def mixtral_layouts(experts: int) -> tuple[dict[str, torch.Tensor], dict[str, to
     import tempfile
 
     from safetensors.torch import load_file
-    from transformers import MixtralConfig, MixtralForCausalLM
-    from transformers.utils import logging
+    from transformers import MixtralForCausalLM
 
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    torch.manual_seed(experts)
-    config = MixtralConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=12,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_local_experts=experts,
-        num_experts_per_tok=2,
-        max_position_embeddings=32,
-    )
     directory = Path(tempfile.mkdtemp())
-    MixtralForCausalLM(config).save_pretrained(directory)
+    mixtral(experts, directory)
     loaded = dict(MixtralForCausalLM.from_pretrained(directory).state_dict())
     return load_file(directory / "model.safetensors"), loaded, directory
 
@@ -171,6 +148,30 @@ def test_drafted_moe_fusion_verifies_and_matches_transformers_for_another_expert
     got = result.checkpoint["state_dict"]
     assert sorted(got) == sorted(loaded8)
     for key, tensor in loaded8.items():
+        assert torch.equal(got[key], tensor), key
+
+
+def test_drafted_moe_split_back_verifies_and_matches_transformers_save_pretrained(tmp_path):
+    """From fused to per-expert (B to A): drafted as the inverse of the fusion, equal to what save_pretrained writes."""
+    legacy, loaded, _ = mixtral_layouts(4)
+    write_schema(tmp_path, "4.0.0", layout(legacy))
+    write_schema(tmp_path, "5.0.0", layout(loaded))
+    path = draft(tmp_path, "5.0.0", "4.0.0", "split_experts")
+    converter = read_converter_file(path)
+    assert converter.ops is not None
+    kinds = [type(op) for op in converter.ops]
+    assert kinds.count(Unstack) == 3
+    assert kinds.count(Split) == 1
+    text = path.read_text(encoding="utf-8")
+    assert "TODO" not in text
+    assert "undoes a drafted Stack" in text
+    (report,) = run_on_synthetic(tmp_path, "5.0.0", "4.0.0").steps
+    assert report.verified
+    legacy8, loaded8, _ = mixtral_layouts(8)
+    result = run(Registry.from_directory(tmp_path).plan("5.0.0", "4.0.0"), {"state_dict": dict(loaded8)})
+    got = result.checkpoint["state_dict"]
+    assert sorted(got) == sorted(legacy8)
+    for key, tensor in legacy8.items():
         assert torch.equal(got[key], tensor), key
 
 

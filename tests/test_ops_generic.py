@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ckpt_path
-from ckpt_fixtures import assert_bitwise_equal, bits, clone, random_tensor, t
+from ckpt_fixtures import assert_bitwise_equal, bits, clone, t
 from ckpt_path import LossyPathError, Registry
 from ckpt_path.converters import Converter, OpsCode
 from ckpt_path.ops import (
@@ -43,29 +43,11 @@ from ckpt_path.ops import (
 from ckpt_path.runner import run
 from ckpt_path.shapes import signature
 from ckpt_path.stamp import STAMP_KEY
+from strategies import DTYPES, SHAPES, bystanders, tensors
 
 # Ops are built here as converter files write them: lists and dotted paths. ckpt_path.ops types those fields as
 # the tuples the constructors normalise them to, so such calls carry `type: ignore[arg-type]` until it
 # types the accepted inputs (mypy then reports each ignore as unused).
-
-DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool)
-SHAPES = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
-SEEDS = st.integers(0, 2**31 - 1)
-
-
-@st.composite
-def tensors(draw: st.DrawFn, shape: tuple[int, ...] | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Draw a random tensor, of a random shape and dtype unless given."""
-    shape = draw(SHAPES) if shape is None else shape
-    dtype = draw(st.sampled_from(DTYPES)) if dtype is None else dtype
-    return random_tensor(shape, dtype, draw(SEEDS))
-
-
-@st.composite
-def bystanders(draw: st.DrawFn) -> dict[str, torch.Tensor]:
-    """Draw keys that no op under test matches: they must come through untouched."""
-    names = draw(st.lists(st.sampled_from(["head.weight", "head.bias", "norm.scale"]), unique=True, max_size=3))
-    return {name: draw(tensors()) for name in names}
 
 
 @st.composite

@@ -25,6 +25,7 @@ import torch
 from ckpt_fixtures import assert_bitwise_equal
 from ckpt_path import Registry
 from ckpt_path.runner import run
+from peers import mixtral
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -79,30 +80,6 @@ ops = [
     Rename("{*m}.block_sparse_moe.gate.{p}", "{*m}.mlp.gate.{p}"),
 ]
 '''
-
-
-def mixtral(experts: int, directory: Path) -> Any:
-    """Build a tiny random Mixtral with ``experts`` local experts and save it with save_pretrained."""
-    from transformers import MixtralConfig, MixtralForCausalLM
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    torch.manual_seed(experts)
-    config = MixtralConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=12,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_local_experts=experts,
-        num_experts_per_tok=2,
-        max_position_embeddings=32,
-    )
-    model = MixtralForCausalLM(config)
-    model.save_pretrained(directory)
-    return model
 
 
 def test_transformers_declares_the_mixtral_fusion_we_reproduce():

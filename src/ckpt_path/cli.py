@@ -539,8 +539,6 @@ def _print_conversion(result: ConvertResult) -> None:
 
 
 def _print_reports(reports: list[StepReport], *, shown: int | None) -> None:
-    from ckpt_path.ops import describe_ops
-
     for i, report in enumerate(reports, 1):
         diff = report.diff
         line = f"  {i}. {report.step.source} -> {report.step.target}  {report.step.name}  "
@@ -554,11 +552,11 @@ def _print_reports(reports: list[StepReport], *, shown: int | None) -> None:
             "unchecked": "UNCHECKED",
         }[report.status]
         skipped = "  (skipped: when() said no)" if not report.applied else ""
-        ops = report.step.ops
-        if ops is not None and report.applied:
+        described = report.described
+        if described is not None:
             # Ops say what they did in the user's terms: "renamed 128: a.{i}.w → b.{i}.w", not 256 keys.
-            typer.echo(line + f"[{status}]  {len(ops)} op(s)")
-            for text in describe_ops(ops, diff.before):
+            typer.echo(line + f"[{status}]  {len(report.step.ops or ())} op(s)")
+            for text in described:
                 typer.echo(f"       {text}")
             continue
         typer.echo(line + f"[{status}]  +{len(diff.added)} -{len(diff.removed)} ~{len(diff.changed)}{skipped}")

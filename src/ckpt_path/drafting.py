@@ -31,7 +31,9 @@ from ckpt_path.ops import (
     Transpose,
     Unsqueeze,
     Unstack,
+    invert,
     keys_matching,
+    predict,
 )
 from ckpt_path.shapes import Schema, TensorSpec
 
@@ -451,7 +453,34 @@ def draft_ops(source: Schema, target: Schema) -> Draft:
     and reshapes of a key that keeps its name are found last. Each op is then written as a
     template for every layer, expert and prefix, and checked: the drafted ops, predicted on
     ``source``, must give ``target``. What could not be explained is listed in ``todo``.
+
+    A change is easier to explain in one direction (fusing experts is a Stack and a Concat; the
+    way back must guess where to split). When the direct draft leaves something unexplained and
+    the draft from ``target`` to ``source`` explains everything, the result is that draft's
+    inverse, checked the same way.
     """
+    direct = _draft(source, target)
+    if not direct.todo and not direct.problems:
+        return direct
+    backward = _draft(target, source)
+    inverse = invert([op for op, _ in backward.ops]) if not backward.todo and not backward.problems else None
+    if inverse is None:
+        return direct
+    dims: dict[str, int] = {}
+    a, b = _layout(source, dims), _layout(target, dims)
+    try:
+        problems = Schema.from_signature(str(target.version), b).check(predict(inverse, a))
+    except OpError:
+        return direct
+    if problems:
+        return direct
+    undone = reversed([op for op, _ in backward.ops])
+    said = tuple((op, f"undoes a drafted {type(done).__name__}") for done, op in zip(undone, inverse, strict=True))
+    return Draft(ops=said, todo=(), problems=())
+
+
+def _draft(source: Schema, target: Schema) -> Draft:
+    """Draft the ops from ``source`` to ``target`` in that direction only (see :func:`draft_ops`)."""
     dims: dict[str, int] = {}
     a, b = _layout(source, dims), _layout(target, dims)
     inference = _Inference(a, b)

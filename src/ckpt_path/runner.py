@@ -27,7 +27,7 @@ from ckpt_path._converter_code import describe_exception, load_converter_code
 from ckpt_path.checkpoint import Checkpoint, get_state_dict
 from ckpt_path.converters import Converter, FileCode, FunctionCode, MovesCode, OpsCode
 from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError, UnverifiedStepError
-from ckpt_path.ops import Op, OpError
+from ckpt_path.ops import Op, OpError, describe_ops
 from ckpt_path.planner import Plan, Step
 from ckpt_path.shapes import Schema, ShapeDiff, TensorSpec, check_untouched, diff_signatures, signature
 from ckpt_path.stamp import Stamp
@@ -58,6 +58,14 @@ class StepReport:
     """What happened to the checkpoint's optimizer state, when the step changed it (or dropped it)."""
 
     @property
+    def described(self) -> list[str] | None:
+        """What each op of an ops step did, in the user's terms (``renamed 128: a.{i}.w → b.{i}.w``); else None."""
+        ops = self.step.ops
+        if ops is None or not self.applied or not self.predicted:
+            return None
+        return describe_ops(ops, self.diff.before)
+
+    @property
     def status(self) -> str:
         """``verified``, ``unverified`` (only its own checks held), ``unchecked`` or ``not predicted``."""
         if not self.predicted:
@@ -83,6 +91,7 @@ class StepReport:
             "status": self.status,
             "note": self.note,
             "optimizer": self.optimizer,
+            "ops": self.described,
         }
 
 

@@ -158,6 +158,26 @@ def test_two_processes_one_killed_while_writing_leaves_nothing(sharded, tmp_path
     assert digests(source) == before
 
 
+def test_two_processes_under_torchrun_one_killed_leaves_nothing(sharded, tmp_path):
+    """Under torchrun, rank 1 killed (SIGKILL) as it writes: torchrun fails, no OUT, no temporaries, input intact.
+
+    torchrun stops the surviving rank with SIGTERM; its handler removes the temporary directory rank 0 made.
+    """
+    source, _expected = sharded
+    converters = tmp_path / "conv"
+    converters.mkdir()
+    (converters / "001_double.py").write_text(KILLER, encoding="utf-8")
+    before = digests(source)
+    out = tmp_path / "out"
+    args = ("-m", "ckpt_path", "convert", source, "-o", out, "--from", "0.1.0", "--converters", converters)
+    done = torchrun(*args, check=False)
+    assert done.returncode != 0
+    assert "SIGKILL" in done.stderr or "Signal 9" in done.stderr, done.stderr[-2000:]
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+    assert digests(source) == before
+
+
 def test_two_processes_an_error_in_one_fails_both(sharded, tmp_path):
     """An operation failing in process 1 only, as it computes, fails the conversion with its error; nothing at OUT."""
     converters = tmp_path / "conv"

@@ -188,6 +188,19 @@ def test_resume_with_a_frozen_layer_uses_the_rest_of_the_state_and_says_so(saved
     ) in caplog.text
 
 
+def test_a_weights_only_save_is_stamped_without_optimizer_names(saved, tmp_path):
+    """save_checkpoint(weights_only=True) holds no optimizer state: it is stamped with its version and no names."""
+    model = saved["classes"]["old"]()
+    trainer = _fit(model, 1)
+    path = tmp_path / "weights.ckpt"
+    trainer.save_checkpoint(path, weights_only=True)
+    loaded = torch.load(path, weights_only=True)
+    assert "optimizer_states" not in loaded
+    stamp = read_stamp(loaded, ("state_dict",))
+    assert stamp is not None
+    assert (stamp.version, stamp.optimizer_parameters) == ("1.0.0", None)
+
+
 class _WithTemperature(_Base):
     """Also optimizes a tensor that is not a registered parameter (a learnable temperature kept outside the module)."""
 

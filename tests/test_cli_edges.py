@@ -1,0 +1,225 @@
+"""The command line at its edges: names that look like versions, JSON outputs, versions read from a key, terminals.
+
+Each test runs ``ckpt-path`` as a user would (in process through typer, or the installed
+command under a pseudo-terminal) and checks what the user sees: the exit code, stdout, and the
+one-line messages on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+from ckpt_fixtures import CKPT_PATH_BIN, lightning, v010_state_dict, write_ckpt, write_v010
+from ckpt_path import Registry
+from ckpt_path.commands import convert_file
+from ckpt_path.registry import ENV_VAR
+from helpers import EXAMPLE_CONVERTERS, cli, copy_examples, write_converter
+
+# --- a file named like a version ------------------------------------------------------------------
+
+
+def test_plan_reads_a_version_even_when_a_file_has_its_name(example_dir, tmp_path, monkeypatch):
+    """`plan 1.0.0 ...` and `plan latest ...` plan from the version, not from a file of that name in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    cases = [("1.0.0", "1.2.0"), ("latest", "1.1.0", "--allow-lossy"), ("lam@latest", "1.2.0")]
+    expected = [cli("plan", *case, "--json", "--converters", example_dir) for case in cases]
+    for name in ("1.0.0", "latest", "lam@latest"):
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+    for case, before in zip(cases, expected, strict=True):
+        result = cli("plan", *case, "--json", "--converters", example_dir)
+        assert before.exit_code == 0, before.output
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == json.loads(before.stdout)
+
+
+def test_plan_reads_a_file_whose_name_is_not_a_version(example_dir, tmp_path, monkeypatch):
+    """A SOURCE that is a file but not a version (`v1.ckpt`) is read as a checkpoint: its stamp gives the version."""
+    monkeypatch.chdir(tmp_path)
+    write_ckpt(tmp_path / "v1.ckpt", lightning({"w": torch.zeros(1)}, "1.1.0"))
+    result = cli("plan", "v1.ckpt", "1.2.0", "--json", "--converters", example_dir)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["source"] == "1.1.0"
+
+
+# --- versions --json ----------------------------------------------------------------------------
+
+
+def test_versions_json_lists_what_the_text_lists(example_dir):
+    """`versions --json` gives each version newest first with its branch and notes, as the text output does."""
+    write_converter(example_dir, "h_exp", "1.0.0", "1.0.0+exp")
+    result = cli("versions", "--json", "--converters", example_dir)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {"version": "1.2.0", "branch": None, "notes": ["latest"]},
+        {"version": "1.1.0+lam", "branch": "lam", "notes": ["branch lam", "lam@latest"]},
+        {"version": "1.1.0", "branch": None, "notes": []},
+        {"version": "1.0.0+exp", "branch": "exp", "notes": ["branch exp", "exp@latest"]},
+        {"version": "1.0.0", "branch": None, "notes": []},
+    ]
+    text = cli("versions", "--converters", example_dir).stdout.splitlines()
+    assert [line.split()[0] for line in text] == [row["version"] for row in json.loads(result.stdout)]
+
+
+# --- a distributed checkpoint with --json ---------------------------------------------------------
+
+
+def test_dcp_conversion_prints_json_and_its_warning(tmp_path):
+    """A DCP conversion with --json prints the result as JSON on stdout and each warning as one line on stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp_save({"state_dict": v010_state_dict(), "epoch": 3}, checkpoint_id=str(tmp_path / "in"))
+    out = tmp_path / "out"
+    args = ["--from", "0.1.7", "--to", "0.2.0", "--json", "--converters", EXAMPLE_CONVERTERS]
+    result = cli("convert", tmp_path / "in", "-o", out, *args)
+    assert result.exit_code == 0, result.output
+    said = json.loads(result.stdout)
+    assert (said["requested_source"], said["source"], said["target"]) == ("0.1.7", "0.1.0", "0.2.0")
+    assert said["output"] == str(out)
+    note = "0.1.7 is not a version of the graph; it reads as 0.1.0, the highest version at or below it on its branch"
+    assert said["warnings"] == [note]
+    assert result.stderr.splitlines() == [f"warning: {note}"]
+    assert (out / ".metadata").is_file()
+    assert json.loads(cli("inspect", out, "--json").stdout)["version"] == "0.2.0"
+
+
+# --- a version read from the project's version-key ------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """Make a project whose pyproject.toml names the example converters and version-key = hyper_parameters.version."""
+    copy_examples(tmp_path / "converters")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.ckpt-path]\nconverters = "converters"\nversion-key = "hyper_parameters.version"\n', encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_inspect_says_which_graph_version_a_recorded_version_reads_as(project):
+    """An unstamped checkpoint recording 0.1.7 (not in the graph) is shown as reading as 0.1.0, as convert uses it."""
+    ckpt = lightning(v010_state_dict())
+    ckpt["hyper_parameters"]["version"] = "0.1.7"
+    path = write_ckpt(project / "old.ckpt", ckpt)
+    text = cli("inspect", path)
+    assert text.exit_code == 0, text.output
+    assert (
+        "version:     not stamped; 0.1.7 according to hyper_parameters.version "
+        "(reads as 0.1.0, the highest version of the graph at or below it)"
+    ) in text.stdout.splitlines()
+    info = json.loads(cli("inspect", path, "--json").stdout)
+    assert (info["inferred_version"], info["version_from"], info["reads_as"]) == (
+        "0.1.7",
+        "hyper_parameters.version",
+        "0.1.0",
+    )
+    dry = json.loads(cli("convert", path, "--dry-run", "--json").stdout)
+    assert dry["source"] == info["reads_as"]
+
+
+# --- progress while writing -----------------------------------------------------------------------
+
+
+def test_write_progress_never_passes_its_total(tmp_path):
+    """The byte progress of a write (the bar `convert` shows on a terminal) ends at its total, never beyond it.
+
+    A bar that reads "8.3/6.3 kB" tells the user the total was wrong.
+    """
+    path = write_v010(tmp_path / "in.ckpt", version="0.1.0")
+    reports: list[tuple[int, int]] = []
+    convert_file(
+        path,
+        tmp_path / "out.ckpt",
+        registry=Registry.from_directory(EXAMPLE_CONVERTERS),
+        on_write=lambda done, total: reports.append((done, total)),
+    )
+    assert reports
+    assert all(done <= total for done, total in reports), reports[-1]
+
+
+def run_on_a_terminal(*args: object, cwd: Path) -> tuple[int, str, str]:
+    """Run the installed ``ckpt-path ARGS``, stderr on a pseudo-terminal; return (exit code, stdout, terminal text)."""
+    controller, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR} | {"TERM": "xterm", "COLUMNS": "120"}
+    with subprocess.Popen(
+        [str(CKPT_PATH_BIN), *map(str, args)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=terminal
+    ) as process:
+        os.close(terminal)
+        shown = []
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the command has ended
+                break
+            if not chunk:
+                break
+            shown.append(chunk)
+        assert process.stdout is not None
+        stdout = process.stdout.read().decode()
+        code = process.wait(timeout=120)
+    os.close(controller)
+    return code, stdout, b"".join(shown).decode(errors="replace")
+
+
+def plain(terminal: str) -> str:
+    """Drop the terminal's escape sequences from ``terminal``."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal)
+
+
+@pytest.mark.slow
+def test_convert_on_a_terminal_shows_each_step_then_clears_it(tmp_path):
+    """On a terminal, convert shows each step and the bytes written, clears them, and prints its summary on stdout."""
+    write_v010(tmp_path / "in.ckpt", version="0.1.0")
+    code, stdout, shown = run_on_a_terminal(
+        "convert", "in.ckpt", "-o", "out.ckpt", "--converters", EXAMPLE_CONVERTERS, cwd=tmp_path
+    )
+    assert code == 0, shown
+    assert stdout.startswith("in.ckpt: 0.1.0 -> 1.1.0 in 4 step(s); written to out.ckpt\n")
+    text = plain(shown)
+    assert "step 1/4: 0.1.0 -> 0.2.0 (001_rename_grid_mlp)" in text
+    assert "writing" in text
+    assert shown.endswith("\x1b[2K")  # the progress display erased its last line: nothing left on the terminal
+    assert "error" not in text
+    assert (tmp_path / "out.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_batch_on_a_terminal_counts_the_files_then_clears_it(tmp_path):
+    """On a terminal, a batch shows done/total files, clears the bar, and prints its table on stdout."""
+    sweep = tmp_path / "sweep"
+    write_v010(sweep / "a.ckpt", version="0.1.0")
+    shutil.copy(sweep / "a.ckpt", sweep / "b.ckpt")
+    code, stdout, shown = run_on_a_terminal(
+        "convert", "sweep", "--output-dir", "out", "--converters", EXAMPLE_CONVERTERS, cwd=tmp_path
+    )
+    assert code == 0, shown
+    assert stdout.splitlines()[0].strip() == "2 of 2 converted"
+    assert "converting" in plain(shown)
+    assert "2/2" in plain(shown)
+    assert shown.endswith("\x1b[2K")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.ckpt", "b.ckpt"]
+
+
+@pytest.mark.slow
+def test_json_on_a_terminal_shows_no_progress(tmp_path):
+    """With --json nothing but warnings reaches the terminal, so the JSON on stdout can be piped on."""
+    write_v010(tmp_path / "in.ckpt", version="0.1.0")
+    code, stdout, shown = run_on_a_terminal(
+        "convert", "in.ckpt", "-o", "out.ckpt", "--json", "--converters", EXAMPLE_CONVERTERS, cwd=tmp_path
+    )
+    assert code == 0, shown
+    said: dict[str, Any] = json.loads(stdout)
+    assert said["target"] == "1.1.0"
+    assert shown == ""

@@ -92,8 +92,8 @@ class _Writer:
         full = f"archive/{name}"
         if isinstance(data, str):
             data = data.encode()
-        if isinstance(data, bytes | bytearray):
-            self._write_memory(full, memoryview(data), nbytes)
+        if isinstance(data, bytes | bytearray):  # the pickle and torch's small records: not tensor bytes
+            self._write_memory(full, memoryview(data), nbytes, counted=False)
             return
         for inputs in self.inputs:
             source = inputs.find(data)
@@ -103,7 +103,7 @@ class _Writer:
                     self._copy_record(full, inputs.path, source, crc)
                     return
                 break
-        self._write_memory(full, _storage_view(data, nbytes), nbytes)
+        self._write_memory(full, _storage_view(data, nbytes), nbytes, counted=True)
 
     def write_record_metadata(self, name: str, nbytes: int) -> None:
         """Refuse: ckpt-path never writes records without their data."""
@@ -146,7 +146,7 @@ class _Writer:
             self.position += written
             view = view[written:]
 
-    def _write_memory(self, name: str, view: memoryview, nbytes: int) -> None:
+    def _write_memory(self, name: str, view: memoryview, nbytes: int, *, counted: bool) -> None:
         crc = 0
         for offset in range(0, nbytes, CHUNK):
             crc = zlib.crc32(view[offset : offset + CHUNK], crc)
@@ -154,7 +154,8 @@ class _Writer:
         self._put(self._header(name, nbytes, crc))
         for offset in range(0, nbytes, CHUNK):
             self._put(view[offset : offset + CHUNK])
-            self._advance(min(CHUNK, nbytes - offset))
+            if counted:
+                self._advance(min(CHUNK, nbytes - offset))
         self.written_bytes += nbytes
 
     def _copy_record(self, name: str, path: Path, source: InputRecord, crc: int) -> None:
@@ -168,9 +169,10 @@ class _Writer:
         self.copied_bytes += source.size
 
     def _advance(self, nbytes: int) -> None:
+        """Report tensor bytes written; a storage larger than its tensors (a view's) never takes it past the total."""
         self.done += nbytes
         if self.progress is not None:
-            self.progress(self.done, self.total)
+            self.progress(min(self.done, self.total), self.total)
 
     # --- the end of the archive -------------------------------------------------------------
 

@@ -577,9 +577,27 @@ def _entry_after(
 
 
 def _through_ops(name: str, owners: _Owners, context: _Context) -> dict[str, Any]:
-    """Run the step's ops on a stand-in state dict holding field ``name`` where the weights were."""
+    """Run the step's ops on a stand-in state dict holding field ``name`` where the weights were.
+
+    The field keeps its own dtype (float32 moments of bfloat16 weights lose no bit through a
+    reorder) unless the step casts, or the ops refuse the mix of dtypes: then the stand-in takes
+    the weights' dtypes, as the ops were written for them.
+    """
+    ops = context.step.ops or ()
+    if not any(isinstance(op, Cast) for op in ops):
+        try:
+            return _run_stand_in(name, owners, context, own_dtype=True)
+        except OpError:
+            pass
+    return _run_stand_in(name, owners, context, own_dtype=False)
+
+
+def _run_stand_in(name: str, owners: _Owners, context: _Context, *, own_dtype: bool) -> dict[str, Any]:
     import torch
 
+    fields = [owners.entries.get(key, {}).get(name) for key in context.before]
+    dtypes = {value.dtype for value in fields if _is_tensor(value)}
+    filler = next(iter(dtypes)) if own_dtype and len(dtypes) == 1 else None
     stand_in: dict[str, Any] = {}
     for key, tensor in context.before.items():
         if not _is_tensor(tensor):
@@ -587,9 +605,11 @@ def _through_ops(name: str, owners: _Owners, context: _Context) -> dict[str, Any
             continue
         value = owners.entries.get(key, {}).get(name)
         if _is_tensor(value) and tuple(value.shape) == tuple(tensor.shape):
-            stand_in[key] = value.to(device=tensor.device, dtype=tensor.dtype)
-        else:  # zeros of the weight's exact shape and dtype, as a view that holds no memory
-            stand_in[key] = torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(tensor.shape)
+            dtype = value.dtype if own_dtype else tensor.dtype
+            stand_in[key] = value.to(device=tensor.device, dtype=dtype)
+        else:  # zeros of the weight's exact shape, as a view that holds no memory
+            dtype = filler or tensor.dtype
+            stand_in[key] = torch.zeros((), dtype=dtype, device=tensor.device).expand(tensor.shape)
     for op in context.step.ops or ():
         op.apply(stand_in)
     return stand_in

@@ -200,6 +200,9 @@ class MoveMeta(_MetaOp):
             raise OpError(f"MoveMeta: {_dotted(self.target)} already exists; it is never overwritten")
         if self.target[: len(self.source)] == self.source:
             raise OpError(f"MoveMeta: {_dotted(self.target)} is inside {_dotted(self.source)}")
+        if not isinstance(_parent(checkpoint, self.source, state_dict_at, "MoveMeta"), MutableMapping):
+            # checked before the target is written: a refused move changes nothing
+            raise OpError(f"MoveMeta: {_dotted(self.source)} is not a key of a dict of the checkpoint")
         _set(checkpoint, self.target, value, state_dict_at, "MoveMeta")
         _delete(checkpoint, self.source, state_dict_at, "MoveMeta")
 

@@ -206,7 +206,9 @@ class AddInto(Op):
     def apply(self, state_dict: MutableMapping[str, Any]) -> None:
         self.predict(_signature(state_dict))
         for key, into in self.groups(list(state_dict)):
-            state_dict[into] = state_dict[into] + state_dict.pop(key)
+            whole = state_dict[into]
+            # A piece may carry extra leading 1s ([1, 3] into [3]): the sum keeps into's shape, as predicted.
+            state_dict[into] = (whole + state_dict.pop(key)).reshape(whole.shape)
 
     def effect(self, sig: Signature) -> str:
         pairs = self.groups(list(sig))

@@ -51,7 +51,7 @@ from ckpt_path.errors import (
 from ckpt_path.pipeline import Upgrade, open_checkpoint, upgrade
 from ckpt_path.registry import Registry
 from ckpt_path.runner import OnStep
-from ckpt_path.storage import verify_records, write_checkpoint
+from ckpt_path.storage import check_unchanged, verify_records, write_checkpoint
 
 __all__ = ["Options", "convert", "in_torchrun", "takes"]
 
@@ -319,6 +319,7 @@ def _run(  # noqa: C901, PLR0913 - one process's part, and the three times it me
     with dcp.removed_on_failure(place):
 
         def write() -> dcp.WriteReport:
+            check_unchanged(done.checkpoint)  # its tensors are mapped: an input cut short would end in SIGBUS
             try:
                 return dcp.write_share(job.share(group.rank, group.world), place, f"__{group.rank}_0.distcp")
             except OSError as exc:

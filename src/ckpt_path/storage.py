@@ -137,6 +137,7 @@ class _FileFormat(Format):
             directory.mkdir(parents=True)
         if not directory.is_dir():
             raise SaveError(str(path), f"directory {directory} does not exist")
+        check_unchanged(source)
         inputs = _copyable(source)
         try:
             with _atomic.Transaction(force=options.force, protect=options.protect) as transaction:
@@ -363,6 +364,7 @@ class _Dcp(Format):
 
         Only a DCP input's chunks are copied; anything read from another input is checked first.
         """
+        check_unchanged(source)
         _check_read(source, ())
         report = dcp.save(
             obj,
@@ -427,7 +429,38 @@ def load_checkpoint(
     """
     path = Path(path)
     options = ReadOptions(state_dict_key=state_dict_key, safe_globals=tuple(safe_globals), moves=moves, mmap=mmap)
-    return reading_format(path).read(path, options)
+    checkpoint = reading_format(path).read(path, options)
+    checkpoint.sizes = tuple(_identity(file) for file in checkpoint.files)
+    return checkpoint
+
+
+def _identity(file: Path) -> tuple[int, int, int]:
+    """Return the device, inode and size of ``file`` (-1s for one that cannot be seen)."""
+    try:
+        found = file.stat()
+    except OSError:
+        return (-1, -1, -1)
+    return (found.st_dev, found.st_ino, found.st_size)
+
+
+def check_unchanged(source: Checkpoint | None) -> None:
+    """Refuse an input that another process cut short since it was read (a job saving over it in place).
+
+    Its tensors are mapped from the file: reading past the new end would kill this process with
+    SIGBUS, with no message. A file replaced by another (a new inode) or removed is harmless:
+    the mapping keeps the old bytes. A file cut short while it is being written is still
+    beyond help: reading past its end is a signal no Python code can catch (the next run removes the temporary).
+    """
+    if source is None:
+        return
+    for file, (device, inode, size) in zip(source.files, source.sizes, strict=False):
+        now = _identity(file)
+        if now[:2] == (device, inode) and 0 <= now[2] < size:
+            raise UnreadableCheckpointError(
+                str(file),
+                f"it was cut from {size} to {now[2]} bytes while it was being converted (is another job writing "
+                "it?); nothing was written",
+            )
 
 
 def save_checkpoint(obj: object, path: str | Path, **options: Any) -> Path:

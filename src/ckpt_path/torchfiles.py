@@ -190,8 +190,6 @@ def verify(path: Path, wanted: Callable[[int], bool] = lambda _start: True) -> N
     name = str(path)
     try:
         with zipfile.ZipFile(path) as archive, path.open("rb") as raw:
-            if os.fstat(raw.fileno()).st_size == 0:
-                return
             with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 for record in archive.infolist():
                     start = _data_start(mapped, record)
@@ -265,6 +263,20 @@ def _unpickling_error(
             "support, as files saved with pickle_protocol above 2 may; if you trust the file, re-save it once "
             "with torch.save's default protocol",
         )
-    detail = next((line.strip() for line in message.splitlines() if "WeightsUnpickler error" in line), "")
-    detail = detail or message.splitlines()[0]
+    detail = _torch_reason(message)
     return UnreadableCheckpointError(name, f"weights_only loading refused it ({detail[:200]})")
+
+
+def _torch_reason(message: str) -> str:
+    """Return torch's reason from a weights-only refusal: after ``WeightsUnpickler error:``, on its line or the next.
+
+    torch 2.6+ puts a preamble ("Please file an issue ...") on the line that ends with the marker.
+    """
+    lines = [line.strip() for line in message.splitlines()]
+    marker = "WeightsUnpickler error:"
+    for index, line in enumerate(lines):
+        if marker in line:
+            after = line.split(marker, 1)[1].strip()
+            rest = [text for text in lines[index + 1 :] if text]
+            return after or (rest[0] if rest else line)
+    return next((line for line in lines if line), message)

@@ -23,23 +23,24 @@ from ckpt_path.dcp._read import Reader, Unread
 from ckpt_path.dcp._write import _writable, computed
 
 
-def _walk(obj: object) -> Iterator[object]:
-    """Yield every object reachable from ``obj`` (containers and a state dict's ``_metadata``), each once."""
-    stack = [obj]
+def _walk(obj: object) -> Iterator[tuple[str, object]]:
+    """Yield every object reachable from ``obj`` (containers, a state dict's ``_metadata``) once, and where it is."""
+    stack: list[tuple[str, object]] = [("", obj)]
     seen: set[int] = set()
     while stack:
-        node = stack.pop()
+        where, node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        yield node
+        yield where, node
+        prefix = f"{where}." if where else ""
         if isinstance(node, Mapping):
-            stack.extend(node.values())
-            stack.extend(
-                getattr(node, "_metadata", {}).values() if isinstance(getattr(node, "_metadata", None), Mapping) else ()
-            )
+            stack.extend((f"{prefix}{key}", value) for key, value in node.items())
+            metadata = getattr(node, "_metadata", None)
+            if isinstance(metadata, Mapping):
+                stack.extend((f"{prefix}_metadata.{key}", value) for key, value in metadata.items())
         elif isinstance(node, list | tuple):
-            stack.extend(node)
+            stack.extend((f"{prefix}{index}", value) for index, value in enumerate(node))
 
 
 @contextlib.contextmanager
@@ -52,8 +53,9 @@ def materialized(obj: Any, beside: Path) -> Iterator[Any]:
     memory stays near the size of the largest tensor. Unread non-tensor entries are read.
     """
     lazies: list[_lazy.LazyTensor] = []
+    names: dict[int, str] = {}
     mapped: dict[int, torch.Tensor] = {}
-    for value in _walk(obj):
+    for where, value in _walk(obj):
         if not isinstance(value, _lazy.LazyTensor):
             continue
         node = _lazy.node_of(value)
@@ -65,6 +67,7 @@ def materialized(obj: Any, beside: Path) -> Iterator[Any]:
             mapped[id(value)] = _lazy.evaluate(value)  # a view of the mapped input already
         else:
             lazies.append(value)
+            names[id(value)] = where
     if not lazies:
         yield _rebuilt(obj, mapped)
         return
@@ -76,7 +79,7 @@ def materialized(obj: Any, beside: Path) -> Iterator[Any]:
         with os.fdopen(fd, "wb") as handle:
             position = 0
             for value in lazies:
-                tensor = _writable(computed("a tensor", value))
+                tensor = _writable(computed(names[id(value)], value))
                 nbytes = tensor.numel() * tensor.element_size()
                 pad = -position % 64
                 handle.write(b"\0" * pad)

@@ -189,18 +189,21 @@ def verify(path: Path, wanted: Callable[[int], bool] = lambda _start: True) -> N
     """
     name = str(path)
     try:
-        with zipfile.ZipFile(path) as archive, path.open("rb") as raw:
-            with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                for record in archive.infolist():
-                    start = _data_start(mapped, record)
-                    if start is not None and not wanted(start):
-                        continue
-                    if start is None or not _record_intact(mapped, record, start):
-                        raise UnreadableCheckpointError(
-                            name,
-                            f"record {record.filename} is damaged (its CRC-32 does not match its bytes); the "
-                            "file was corrupted on disk or in transit; nothing was written",
-                        )
+        with (
+            zipfile.ZipFile(path) as archive,
+            path.open("rb") as raw,
+            mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+        ):
+            for record in archive.infolist():
+                start = _data_start(mapped, record)
+                if start is not None and not wanted(start):
+                    continue
+                if start is None or not _record_intact(mapped, record, start):
+                    raise UnreadableCheckpointError(
+                        name,
+                        f"record {record.filename} is damaged (its CRC-32 does not match its bytes); the "
+                        "file was corrupted on disk or in transit; nothing was written",
+                    )
     except ZIP_ERRORS as exc:
         raise UnreadableCheckpointError(name, f"damaged zip archive ({exc})") from None
 

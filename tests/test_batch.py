@@ -65,6 +65,16 @@ def test_a_directory_converts_into_the_output_dir_as_single_runs_would(tmp_path,
         assert _equal(_tensors(out / f"run{seed}.ckpt"), _tensors(single))
 
 
+def test_a_dry_run_of_a_batch_writes_nothing_not_even_its_directory(tmp_path, sweep):
+    """--dry-run with --output-dir plans every input, says it was a dry run, and creates nothing."""
+    runs, converters = sweep
+    out = tmp_path / "upgraded"
+    result = cli("convert", runs, "--output-dir", out, "--converters", converters, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "4 of 4 would convert (dry run, nothing written)" in result.stdout
+    assert not out.exists()
+
+
 def test_one_failing_checkpoint_does_not_stop_the_others(tmp_path, sweep):
     """A damaged file fails alone: the others are written, the failure is named, the exit code is 1."""
     runs, converters = sweep

@@ -708,3 +708,28 @@ def test_plan_of_unstamped_file_suggests_stamp(v010, examples):
     """`plan CKPT latest` on an unstamped file fails with a message that suggests stamping it."""
     line = assert_one_line_error(cli("plan", v010, "latest", "--converters", examples))
     assert "ckpt-path stamp" in line
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["weights only", "with Adam state"])
+def test_dry_run_predicts_the_bytes_the_conversion_copies_and_writes(tmp_path, trained):
+    """--dry-run --json gives the copied and written tensor bytes the real conversion reports, optimizer state too."""
+    from ckpt_path.demo.models import make_model
+
+    model = make_model("0.1.0", 0)
+    ckpt: dict[str, Any] = {"state_dict": model.state_dict(), STAMP_KEY: {"version": "0.1.0"}}
+    if trained:
+        optimizer = torch.optim.Adam(model.named_parameters())
+        for parameter in model.parameters():
+            parameter.grad = torch.ones_like(parameter)
+        optimizer.step()
+        ckpt["optimizer_states"] = [optimizer.state_dict()]
+    path = tmp_path / "in.ckpt"
+    torch.save(ckpt, path)
+    args = ("--converters", EXAMPLE_CONVERTERS, "--json")
+    predicted = cli("convert", path, "--dry-run", *args)
+    assert predicted.exit_code == 0, predicted.output
+    done = cli("convert", path, "-o", tmp_path / "out.ckpt", *args)
+    assert done.exit_code == 0, done.output
+    expected, got = json.loads(predicted.stdout), json.loads(done.stdout)
+    assert (expected["copied_bytes"], expected["written_bytes"]) == (got["copied_bytes"], got["written_bytes"])
+    assert got["written_bytes"] > 0

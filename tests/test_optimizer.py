@@ -8,6 +8,7 @@ Lightning mixin records them. Converters are ops (or functions) registered in co
 from __future__ import annotations
 
 import copy
+import functools
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -390,6 +391,21 @@ def test_unknown_names_and_a_layout_change_refuse():
     assert raised.value.where == "optimizer_states[0]"
     assert "embed.weight, head.bias, head.weight" in str(raised.value)
     assert all(_state(ckpt)[i] is state[i] for i in range(4))  # the optimizer state was not touched
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_dry_run_refuses_or_drops_as_the_real_run_does(drop):
+    """A dry run decides about the optimizer state as the conversion will: refused, or dropped with the same note."""
+    ckpt = _checkpoint(*_trained(), record=False)
+    registry = _registry(MOVE)
+    dry = functools.partial(upgrade, registry=registry, target="2.0.0", dry_run=True, drop_optimizer_state=drop)
+    if not drop:
+        with pytest.raises(OptimizerStateError, match="--drop-optimizer-state"):
+            dry(Checkpoint.from_object(copy.deepcopy(ckpt)))
+        return
+    predicted = dry(Checkpoint.from_object(copy.deepcopy(ckpt)))
+    real = _convert(ckpt, MOVE, drop=True)
+    assert predicted.steps[0].optimizer == real.steps[0].optimizer != ""
 
 
 def test_unknown_names_refuse_only_where_state_could_be_misaligned():

@@ -532,3 +532,16 @@ def test_on_step_is_called_before_each_step():
     seen: list[tuple[int, int, str]] = []
     run_registry(registry, small_ckpt(), target="1.2.0", on_step=lambda i, n, s: seen.append((i, n, s.name)))
     assert seen == [(0, 2, "a"), (1, 2, "b")]
+
+
+def test_run_refuses_a_plan_that_starts_at_another_version_than_the_stamp(examples):
+    """run(plan, ckpt) with ckpt stamped 0.1.0 and a plan from 0.3.0 is refused: it would convert the wrong layout."""
+    from ckpt_path.demo.models import make_checkpoint
+    from ckpt_path.errors import UsageError
+
+    registry = Registry.from_directory(examples)
+    ckpt = make_checkpoint("0.1.0", seed=0)
+    ckpt[STAMP_KEY] = {"version": "0.1.0"}
+    with pytest.raises(UsageError, match=r"stamped 0\.1\.0 but the plan starts at 0\.3\.0"):
+        run(registry.plan("0.3.0", "latest"), ckpt)
+    assert read_stamp(run(registry.plan("0.1.0", "latest"), ckpt).checkpoint, ("state_dict",)).version == "1.1.0"

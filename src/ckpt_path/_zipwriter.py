@@ -156,7 +156,8 @@ class _Writer:
             self._put(view[offset : offset + CHUNK])
             if counted:
                 self._advance(min(CHUNK, nbytes - offset))
-        self.written_bytes += nbytes
+        if counted:  # tensor bytes only: the pickle and torch's small records are not what users count
+            self.written_bytes += nbytes
 
     def _copy_record(self, name: str, path: Path, source: InputRecord, crc: int) -> None:
         if path not in self._source_fds:

@@ -147,8 +147,9 @@ def convert_batch(
     """
     if workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {workers}")
-    for _, output in pairs:
-        output.parent.mkdir(parents=True, exist_ok=True)
+    if not options.get("dry_run"):  # a dry run writes nothing, not even a directory
+        for _, output in pairs:
+            output.parent.mkdir(parents=True, exist_ok=True)
     _shared.update(registry=registry, options=options)
     items: dict[int, BatchItem] = {}
     try:

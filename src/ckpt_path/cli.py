@@ -474,7 +474,9 @@ def _print_batch(items: list[BatchItem]) -> None:
     from rich.table import Table
 
     done = sum(item.ok for item in items)
-    table = Table(title=f"{done} of {len(items)} converted", title_justify="left")
+    dry = any(item.ok and item.result.get("dry_run") for item in items)
+    title = f"{done} of {len(items)} " + ("would convert (dry run, nothing written)" if dry else "converted")
+    table = Table(title=title, title_justify="left")
     for column in ("input", "output", "result", "copied", "written", "seconds"):
         table.add_column(column)
     for item in items:

@@ -9,12 +9,13 @@ version is found one way, and every step is checked the same way wherever it run
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ckpt_path import optimizer
 from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.errors import CkptPathError, UnsafeCheckpointError
 from ckpt_path.pickles import Moves, everything_deleted
@@ -107,11 +108,12 @@ def open_checkpoint(  # noqa: PLR0913 - the options of loading for a conversion
 
 
 def _to_meta(checkpoint: Checkpoint) -> None:
-    """Swap every state-dict tensor for a meta tensor: shapes stay, no data is read."""
+    """Swap every state-dict and optimizer-state tensor for a meta tensor: shapes stay, no data is read."""
     state_dict = checkpoint.state_dict
     for key, value in list(state_dict.items()):
         if isinstance(value, torch.Tensor):
             state_dict[key] = value.to("meta")
+    optimizer.to_meta(checkpoint)
 
 
 def upgrade(  # noqa: PLR0913 - the options every entry point shares
@@ -168,7 +170,8 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
         warnings.append(plan.source_note)
     if dry_run:
         _to_meta(held)
-    loaded = {id(v) for v in held.state_dict.values() if isinstance(v, torch.Tensor)}
+    before = _tensors(held.obj)  # held until counted: a freed tensor's id may be reused by a computed one
+    loaded = {id(v) for v in before}
     reports, run_warnings = run_plan(
         held,
         plan,
@@ -178,8 +181,9 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
         drop_optimizer_state=drop_optimizer_state,
         on_step=on_step,
     )
-    tensors = [v for v in held.state_dict.values() if isinstance(v, torch.Tensor)]
+    tensors = _tensors(held.obj)  # the state dict's and the optimizer state's, as a writer counts them
     unchanged = sum(_nbytes(v) for v in tensors if id(v) in loaded)
+    del before
     return Upgrade(
         checkpoint=held,
         plan=plan,
@@ -189,6 +193,25 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
         unchanged_bytes=unchanged,
         computed_bytes=sum(_nbytes(v) for v in tensors) - unchanged,
     )
+
+
+def _tensors(obj: object) -> list[torch.Tensor]:
+    """Every tensor in a checkpoint object (dicts, lists and tuples), each once."""
+    found: dict[int, torch.Tensor] = {}
+    stack = [obj]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, torch.Tensor):
+            found[id(node)] = node
+        elif isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return list(found.values())
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

@@ -26,11 +26,12 @@ from ckpt_path import optimizer
 from ckpt_path._converter_code import describe_exception, load_converter_code
 from ckpt_path.checkpoint import Checkpoint, get_state_dict
 from ckpt_path.converters import Converter, FileCode, FunctionCode, MovesCode, OpsCode
-from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError, UnverifiedStepError
+from ckpt_path.errors import CkptPathError, ShapeMismatchError, StepError, UnverifiedStepError, UsageError
 from ckpt_path.ops import Op, OpError, describe_ops
 from ckpt_path.planner import Plan, Step
 from ckpt_path.shapes import Schema, ShapeDiff, TensorSpec, check_untouched, diff_signatures, signature
 from ckpt_path.stamp import Stamp
+from ckpt_path.versions import parse_version
 
 __all__ = ["RunResult", "StepReport", "load_converter_code", "predict", "run", "run_plan"]
 
@@ -240,7 +241,7 @@ def _run_step(  # noqa: PLR0913 - a step, where it runs, and the run's options
     tensors = dict(checkpoint.state_dict)  # the objects themselves: what each key held before the step
     before = signature(tensors)
     convert, when = _code(converter, at)
-    state_before = optimizer.snapshot(checkpoint) if not dry_run else None
+    state_before = optimizer.snapshot(checkpoint)
     applied, output = _call(step, convert, when, checkpoint.obj, dry_run=dry_run)
     if applied:
         if output is None:
@@ -258,7 +259,7 @@ def _run_step(  # noqa: PLR0913 - a step, where it runs, and the run's options
         _refuse_meta(state_dict, step)
     after = signature(state_dict)
     checked, verified = _check_step(step, before, after, schemas, strict=strict)
-    if applied and not dry_run:
+    if applied:  # on a dry run too: the optimizer state is meta then, and refused or dropped alike
         followed = optimizer.follow_step(checkpoint, step, tensors, drop=drop, optimizer_before=state_before) or ""
     return StepReport(
         step=step,
@@ -350,11 +351,20 @@ def run(  # noqa: PLR0913 - each option is a documented knob of a run
 ) -> RunResult:
     """Apply ``plan`` to a checkpoint object in memory and stamp the result.
 
-    The object may be modified in place; ``RunResult.checkpoint`` is the converted object.
+    The object may be modified in place; ``RunResult.checkpoint`` is the converted object. A
+    checkpoint stamped with another version than the plan starts at is refused
+    (:class:`UsageError`): it would be converted from the wrong layout.
     ``state_dict_key`` (dotted) says where the state dict is when detection cannot tell. See
     :func:`run_plan` for the checks and errors.
     """
     held = Checkpoint.from_object(checkpoint, state_dict_key=state_dict_key)
+    if held.stamp is not None and plan.steps:
+        stamped = parse_version(held.stamp.version)
+        if stamped not in {plan.source, plan.requested_source}:
+            raise UsageError(
+                f"the checkpoint is stamped {held.stamp.version} but the plan starts at {plan.source}; plan from "
+                f"{held.stamp.version}, or override the stamp with ckpt_path.upgrade(..., source=VERSION)",
+            )
     reports, warnings = run_plan(held, plan, schemas=schemas, strict=strict, on_step=on_step)
     return RunResult(checkpoint=held.obj, plan=plan, steps=reports, warnings=warnings)
 

@@ -544,4 +544,6 @@ def test_run_refuses_a_plan_that_starts_at_another_version_than_the_stamp(exampl
     ckpt[STAMP_KEY] = {"version": "0.1.0"}
     with pytest.raises(UsageError, match=r"stamped 0\.1\.0 but the plan starts at 0\.3\.0"):
         run(registry.plan("0.3.0", "latest"), ckpt)
-    assert read_stamp(run(registry.plan("0.1.0", "latest"), ckpt).checkpoint, ("state_dict",)).version == "1.1.0"
+    stamp = read_stamp(run(registry.plan("0.1.0", "latest"), ckpt).checkpoint, ("state_dict",))
+    assert stamp is not None
+    assert stamp.version == "1.1.0"

@@ -328,3 +328,25 @@ def test_plan_of_a_checkpoint_predicts_each_steps_shapes(tmp_path):
     assert "001_rename_grid_mlp  [not predicted: a convert function" in result.stdout
     assert "later steps are predicted from schema 0.2.0" in result.stdout
     assert "- g2m_gnn.grid_mlp.0.weight" not in result.stdout
+
+
+def test_plan_of_a_checkpoint_and_a_dry_run_label_each_step_alike(tmp_path):
+    """`plan CKPT` checks a predicted step against its landing schema as the dry run does: both say verified."""
+    import torch
+
+    from ckpt_path.demo.models import make_checkpoint
+
+    ckpt = make_checkpoint("0.2.0", seed=0)
+    ckpt["ckpt_path"] = {"version": "0.2.0"}
+    path = tmp_path / "in.ckpt"
+    torch.save(ckpt, path)
+    planned = cli("plan", path, "1.0.0", "--converters", EXAMPLE_CONVERTERS)
+    dry = cli("convert", path, "--to", "1.0.0", "--dry-run", "--converters", EXAMPLE_CONVERTERS)
+    assert planned.exit_code == 0, planned.output
+    assert dry.exit_code == 0, dry.output
+
+    def steps(output: str) -> list[str]:
+        return [line.strip() for line in output.splitlines() if line.strip()[:2] in {"1.", "2."}]
+
+    assert steps(planned.stdout) == steps(dry.stdout)
+    assert all("[verified: ops+schema]" in line for line in steps(planned.stdout))

@@ -160,6 +160,21 @@ def test_reshape_outside_touches_is_a_shape_mismatch():
     assert "got [2, 9] float32" in message
 
 
+def test_a_key_that_breaks_touches_and_the_schema_is_said_once():
+    """A key outside touches that also misses the landing schema is one problem, saying it is not in touches."""
+
+    def widen_head(ckpt: Any) -> Any:
+        ckpt["state_dict"]["head.weight"] = torch.zeros(2, 9)
+        return ckpt
+
+    registry = one_step(widen_head, touches=["encoder.*"])
+    registry.add_schema(Schema.from_signature("1.1.0", signature(small_state_dict())))
+    with pytest.raises(ShapeMismatchError) as info:
+        run_registry(registry, small_ckpt())
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].endswith("(not in touches)")
+
+
 def test_dtype_change_outside_touches_is_a_shape_mismatch():
     """A step that re-types a key outside its touches fails, with both dtypes in the message."""
     registry = one_step(_to_half, touches=["head.*"])

@@ -333,11 +333,19 @@ def _check_step(
         problems += schema.check(after)
     if problems:
         where = (schema.file or f"the schema of {tgt}") if schema is not None else None
-        raise ShapeMismatchError(src, tgt, origin, sorted(set(problems)), schema=where)
+        raise ShapeMismatchError(src, tgt, origin, _one_per_key(problems), schema=where)
     verified = schema is not None
     if strict and not verified:
         raise UnverifiedStepError(src, tgt, origin, checked)
     return tuple(checked), verified
+
+
+def _one_per_key(problems: Sequence[str]) -> list[str]:
+    """Say each key's problem once: the first found (``touches`` comes first and says why), in key order."""
+    by_key: dict[str, str] = {}
+    for problem in problems:
+        by_key.setdefault(problem.split(": ", 1)[0], problem)
+    return [by_key[key] for key in sorted(by_key)]
 
 
 def run(  # noqa: PLR0913 - each option is a documented knob of a run
@@ -403,8 +411,17 @@ def predict(plan: Plan, sig: Mapping[str, TensorSpec], schemas: SchemaLookup | N
             except OpError as exc:
                 where = (str(step.source), str(step.target), converter.origin)
                 raise StepError(*where, f"op {index} {op!r}: {exc}") from None
-        reports.append(
-            StepReport(step=step, applied=True, diff=diff_signatures(current, after), checked=("ops",), verified=False)
-        )
+        checked: tuple[str, ...] = ("ops",)
+        schema = schemas(step.target) if schemas is not None else None
+        if schema is not None:  # as the run will check it: a prediction that misses the schema fails here
+            problems = schema.check(after)
+            if problems:
+                file = schema.file or f"the schema of {step.target}"
+                raise ShapeMismatchError(
+                    str(step.source), str(step.target), converter.origin, _one_per_key(problems), schema=file
+                )
+            checked = ("ops", "schema")
+        diff = diff_signatures(current, after)
+        reports.append(StepReport(step=step, applied=True, diff=diff, checked=checked, verified=schema is not None))
         current = after
     return reports

@@ -25,7 +25,7 @@ from ckpt_fixtures import CKPT_PATH_BIN, lightning, v010_state_dict, write_ckpt,
 from ckpt_path import Registry
 from ckpt_path.commands import convert_file
 from ckpt_path.registry import ENV_VAR
-from helpers import EXAMPLE_CONVERTERS, cli, copy_examples, write_converter
+from helpers import EXAMPLE_CONVERTERS, assert_one_line_error, cli, copy_examples, write_converter
 
 # --- a file named like a version ------------------------------------------------------------------
 
@@ -223,3 +223,101 @@ def test_json_on_a_terminal_shows_no_progress(tmp_path):
     said: dict[str, Any] = json.loads(stdout)
     assert said["target"] == "1.1.0"
     assert shown == ""
+
+
+# --- help, and options that do not go together ----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["plan", "convert", "graph", "new"])
+def test_help_shows_each_example_on_its_own_line(command):
+    """`COMMAND --help` lists its examples one per line under "Examples:", with no backspace marker shown."""
+    result = cli(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "\\b" not in result.stdout
+    assert "\b" not in result.stdout
+    lines = result.stdout.splitlines()
+    start = lines.index("  Examples:")
+    examples = [line.strip() for line in lines[start + 1 :] if line.startswith("    ")]
+    assert examples
+    assert all(line.startswith(f"ckpt-path {command} ") for line in examples), examples
+    assert all(line.count("ckpt-path ") == 1 for line in examples), examples
+
+
+def test_plan_help_lists_its_two_examples():
+    """`plan --help` shows both of its examples, each alone on its line."""
+    lines = [line.strip() for line in cli("plan", "--help").stdout.splitlines()]
+    assert "ckpt-path plan 0.1.0 latest" in lines
+    assert "ckpt-path plan model.ckpt lam@latest --json" in lines
+
+
+def test_help_names_option_values_plainly():
+    """Option values read as words (DIR, N, MODULE.NAME), not as Python types such as `<list[str]>`."""
+    text = cli("convert", "--help").stdout.split("Options:")[1]  # typer types every argument (`<list[Path]>`)
+    for shown in ("--converters DIR", "--workers N", "--safe-global MODULE.NAME", "-o, --output OUTPUT", "--to TARGET"):
+        assert shown in text, shown
+    assert "list[" not in text
+    assert "int range" not in text
+
+
+def test_plan_of_a_missing_file_says_there_is_no_such_file(example_dir, tmp_path, monkeypatch):
+    """A SOURCE that names a file (a suffix or a directory part) but is neither a file nor a version: no such file."""
+    monkeypatch.chdir(tmp_path)
+    for source in ("missing.ckpt", "runs/step-10"):
+        result = cli("plan", source, "latest", "--converters", example_dir)
+        assert_one_line_error(result, f"cannot read {source}: no such file")
+    result = cli("plan", "1.0.x", "latest", "--converters", example_dir)
+    assert_one_line_error(result, "invalid version '1.0.x'")  # not a file name: still a bad version
+
+
+def test_output_and_output_dir_do_not_go_together(tmp_path):
+    """One INPUT with both -o and --output-dir is bad usage (exit 2, one line), and nothing is written."""
+    path = write_v010(tmp_path / "in.ckpt", version="0.1.0")
+    result = cli(
+        "convert",
+        path,
+        "-o",
+        tmp_path / "out.ckpt",
+        "--output-dir",
+        tmp_path / "out",
+        "--converters",
+        EXAMPLE_CONVERTERS,
+    )
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        (
+            "error: -o and --output-dir do not go together: -o names the OUTPUT of one INPUT, "
+            "--output-dir DIR receives each INPUT as DIR/<its file name>"
+        ),
+    ]
+    assert not (tmp_path / "out.ckpt").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_with_one_file_output_warns_that_one_process_writes_it(tmp_path):
+    """`--workers 2` with one INPUT and a file OUTPUT converts, and says in one warning that one process wrote it."""
+    path = write_v010(tmp_path / "in.ckpt", version="0.1.0")
+    out = tmp_path / "w2.ckpt"
+    result = cli("convert", path, "-o", out, "--workers", "2", "--converters", EXAMPLE_CONVERTERS)
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    warnings_shown = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings_shown == [
+        (
+            "warning: --workers applies to DCP outputs (an OUTPUT ending in .dcp, or a DCP INPUT) and to several "
+            f"inputs (--output-dir), so {out} is written by one process"
+        ),
+    ]
+    quiet = cli("convert", path, "-o", tmp_path / "w1.ckpt", "--converters", EXAMPLE_CONVERTERS)
+    assert quiet.exit_code == 0, quiet.output
+    assert "--workers" not in quiet.stderr
+
+
+def test_new_refuses_ops_and_infer_together(examples):
+    """`new --ops --infer` is bad usage (exit 2, one line): the two scaffold different files; nothing is written."""
+    before = sorted(p.name for p in examples.iterdir())
+    result = cli("new", "x", "--from", "1.1.0", "--to", "1.2.0", "--ops", "--infer", "--converters", examples)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: --ops and --infer do not go together: --infer drafts the ops, --ops leaves them to you"
+    ]
+    assert sorted(p.name for p in examples.iterdir()) == before

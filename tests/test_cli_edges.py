@@ -13,19 +13,22 @@ import pty
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import typer
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from ckpt_fixtures import CKPT_PATH_BIN, lightning, v010_state_dict, write_ckpt, write_v010
 from ckpt_path import Registry
+from ckpt_path.cli import app
 from ckpt_path.commands import convert_file
 from ckpt_path.registry import ENV_VAR
-from helpers import EXAMPLE_CONVERTERS, assert_one_line_error, cli, copy_examples, write_converter
+from helpers import EXAMPLE_CONVERTERS, ROOT, assert_one_line_error, cli, copy_examples, write_converter
 
 # --- a file named like a version ------------------------------------------------------------------
 
@@ -321,3 +324,69 @@ def test_new_refuses_ops_and_infer_together(examples):
         "error: --ops and --infer do not go together: --infer drafts the ops, --ops leaves them to you"
     ]
     assert sorted(p.name for p in examples.iterdir()) == before
+
+
+# --- the README says what the command line does -----------------------------------------------------
+
+README = ROOT / "README.md"
+
+
+def readme_section(title: str) -> str:
+    """Return the README's section under the heading ``title`` (up to the next heading of its level)."""
+    text = README.read_text(encoding="utf-8")
+    level = title.split(" ", maxsplit=1)[0]
+    section = text[text.index(f"\n{title}\n") + len(title) + 2 :]
+    end = re.search(rf"\n{level} ", section)
+    return section if end is None else section[: end.start()]
+
+
+def test_readme_command_table_names_every_option_of_every_command():
+    """The README's command table lists exactly the options each command's --help shows, and every command."""
+    rows = [line for line in readme_section("## Command line").splitlines() if line.startswith("| `ckpt-path ")]
+    said: dict[str, set[str]] = {}
+    for row in rows:
+        synopsis = row.split("`")[1]
+        command = synopsis.split()[1]
+        said.setdefault(command, set()).update(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", synopsis))
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    assert set(said) == set(group.commands)
+    for name, command in group.commands.items():
+        options = [param for param in command.params if param.param_type_name == "option" and param.name != "help"]
+        missing = [param.opts[0] for param in options if not said[name] & set(param.opts)]
+        known = {opt for param in options for opt in param.opts}
+        assert missing == [], (name, missing)
+        assert said[name] <= known, (name, said[name] - known)
+
+
+def test_readme_converting_synopsis_names_every_convert_option():
+    """The synopsis at the top of the README's *Converting* section names every option of `convert`."""
+    synopsis = readme_section("## Converting").strip().splitlines()[0]
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    for param in group.commands["convert"].params:
+        if param.param_type_name == "option" and param.name != "help":
+            assert any(re.search(rf"(?<![\w-]){opt}(?![\w-])", synopsis) for opt in param.opts), param.opts
+
+
+@pytest.mark.slow
+def test_readme_testing_example_passes(tmp_path):
+    """The README's conftest.py and test_checkpoints.py, run by pytest on the bundled converters, pass."""
+    block = readme_section("## Writing and testing converters").split("```python\n# conftest.py\n")[1]
+    block = block.split("```")[0]
+    conftest, tests = block.split("\n# test_checkpoints.py")
+    (tmp_path / "conftest.py").write_text(conftest, encoding="utf-8")
+    (tmp_path / "test_checkpoints.py").write_text(tests.split("\n", 1)[1], encoding="utf-8")
+    copy_examples(tmp_path / "converters")
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_checkpoints.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 passed" in run.stdout

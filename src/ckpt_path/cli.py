@@ -791,7 +791,7 @@ def schema(
             "--output",
             help="Default: <converters>/schemas/VERSION.json.",
             show_default=False,
-            metavar="FILE",
+            metavar="OUTPUT",
         ),
     ] = None,
     converters: ConvertersOption = None,
@@ -846,7 +846,7 @@ def new(
         typer.Option(
             "--infer",
             help=(
-                "Draft the ops from schemas/SOURCE.json and schemas/TARGET.json: renames, stacks, "
+                "Draft the ops from schemas/A.json and schemas/B.json: renames, stacks, "
                 "concatenations and splits found by shapes and names; the rest as TODO comments."
             ),
         ),

@@ -346,8 +346,8 @@ def test_readme_command_table_names_every_option_of_every_command():
     said: dict[str, set[str]] = {}
     for row in rows:
         synopsis = row.split("`")[1]
-        command = synopsis.split()[1]
-        said.setdefault(command, set()).update(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", synopsis))
+        name = synopsis.split()[1]
+        said.setdefault(name, set()).update(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", synopsis))
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
     assert set(said) == set(group.commands)

@@ -13,19 +13,22 @@ import pty
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import typer
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from ckpt_fixtures import CKPT_PATH_BIN, lightning, v010_state_dict, write_ckpt, write_v010
 from ckpt_path import Registry
+from ckpt_path.cli import app
 from ckpt_path.commands import convert_file
 from ckpt_path.registry import ENV_VAR
-from helpers import EXAMPLE_CONVERTERS, cli, copy_examples, write_converter
+from helpers import EXAMPLE_CONVERTERS, ROOT, assert_one_line_error, cli, copy_examples, write_converter
 
 # --- a file named like a version ------------------------------------------------------------------
 
@@ -223,3 +226,167 @@ def test_json_on_a_terminal_shows_no_progress(tmp_path):
     said: dict[str, Any] = json.loads(stdout)
     assert said["target"] == "1.1.0"
     assert shown == ""
+
+
+# --- help, and options that do not go together ----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["plan", "convert", "graph", "new"])
+def test_help_shows_each_example_on_its_own_line(command):
+    """`COMMAND --help` lists its examples one per line under "Examples:", with no backspace marker shown."""
+    result = cli(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "\\b" not in result.stdout
+    assert "\b" not in result.stdout
+    lines = result.stdout.splitlines()
+    start = lines.index("  Examples:")
+    examples = [line.strip() for line in lines[start + 1 :] if line.startswith("    ")]
+    assert examples
+    assert all(line.startswith(f"ckpt-path {command} ") for line in examples), examples
+    assert all(line.count("ckpt-path ") == 1 for line in examples), examples
+
+
+def test_plan_help_lists_its_two_examples():
+    """`plan --help` shows both of its examples, each alone on its line."""
+    lines = [line.strip() for line in cli("plan", "--help").stdout.splitlines()]
+    assert "ckpt-path plan 0.1.0 latest" in lines
+    assert "ckpt-path plan model.ckpt lam@latest --json" in lines
+
+
+def test_help_names_option_values_plainly():
+    """Option values read as words (DIR, N, MODULE.NAME), not as Python types such as `<list[str]>`."""
+    text = cli("convert", "--help").stdout.split("Options:")[1]  # typer types every argument (`<list[Path]>`)
+    for shown in ("--converters DIR", "--workers N", "--safe-global MODULE.NAME", "-o, --output OUTPUT", "--to TARGET"):
+        assert shown in text, shown
+    assert "list[" not in text
+    assert "int range" not in text
+
+
+def test_plan_of_a_missing_file_says_there_is_no_such_file(example_dir, tmp_path, monkeypatch):
+    """A SOURCE that names a file (a suffix or a directory part) but is neither a file nor a version: no such file."""
+    monkeypatch.chdir(tmp_path)
+    for source in ("missing.ckpt", "runs/step-10"):
+        result = cli("plan", source, "latest", "--converters", example_dir)
+        assert_one_line_error(result, f"cannot read {source}: no such file")
+    result = cli("plan", "1.0.x", "latest", "--converters", example_dir)
+    assert_one_line_error(result, "invalid version '1.0.x'")  # not a file name: still a bad version
+
+
+def test_output_and_output_dir_do_not_go_together(tmp_path):
+    """One INPUT with both -o and --output-dir is bad usage (exit 2, one line), and nothing is written."""
+    path = write_v010(tmp_path / "in.ckpt", version="0.1.0")
+    result = cli(
+        "convert",
+        path,
+        "-o",
+        tmp_path / "out.ckpt",
+        "--output-dir",
+        tmp_path / "out",
+        "--converters",
+        EXAMPLE_CONVERTERS,
+    )
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        (
+            "error: -o and --output-dir do not go together: -o names the OUTPUT of one INPUT, "
+            "--output-dir DIR receives each INPUT as DIR/<its file name>"
+        ),
+    ]
+    assert not (tmp_path / "out.ckpt").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_with_one_file_output_warns_that_one_process_writes_it(tmp_path):
+    """`--workers 2` with one INPUT and a file OUTPUT converts, and says in one warning that one process wrote it."""
+    path = write_v010(tmp_path / "in.ckpt", version="0.1.0")
+    out = tmp_path / "w2.ckpt"
+    result = cli("convert", path, "-o", out, "--workers", "2", "--converters", EXAMPLE_CONVERTERS)
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    warnings_shown = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings_shown == [
+        (
+            "warning: --workers applies to DCP outputs (an OUTPUT ending in .dcp, or a DCP INPUT) and to several "
+            f"inputs (--output-dir), so {out} is written by one process"
+        ),
+    ]
+    quiet = cli("convert", path, "-o", tmp_path / "w1.ckpt", "--converters", EXAMPLE_CONVERTERS)
+    assert quiet.exit_code == 0, quiet.output
+    assert "--workers" not in quiet.stderr
+
+
+def test_new_refuses_ops_and_infer_together(examples):
+    """`new --ops --infer` is bad usage (exit 2, one line): the two scaffold different files; nothing is written."""
+    before = sorted(p.name for p in examples.iterdir())
+    result = cli("new", "x", "--from", "1.1.0", "--to", "1.2.0", "--ops", "--infer", "--converters", examples)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: --ops and --infer do not go together: --infer drafts the ops, --ops leaves them to you"
+    ]
+    assert sorted(p.name for p in examples.iterdir()) == before
+
+
+# --- the README says what the command line does -----------------------------------------------------
+
+README = ROOT / "README.md"
+
+
+def readme_section(title: str) -> str:
+    """Return the README's section under the heading ``title`` (up to the next heading of its level)."""
+    text = README.read_text(encoding="utf-8")
+    level = title.split(" ", maxsplit=1)[0]
+    section = text[text.index(f"\n{title}\n") + len(title) + 2 :]
+    end = re.search(rf"\n{level} ", section)
+    return section if end is None else section[: end.start()]
+
+
+def test_readme_command_table_names_every_option_of_every_command():
+    """The README's command table lists exactly the options each command's --help shows, and every command."""
+    rows = [line for line in readme_section("## Command line").splitlines() if line.startswith("| `ckpt-path ")]
+    said: dict[str, set[str]] = {}
+    for row in rows:
+        synopsis = row.split("`")[1]
+        name = synopsis.split()[1]
+        said.setdefault(name, set()).update(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", synopsis))
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    assert set(said) == set(group.commands)
+    for name, command in group.commands.items():
+        options = [param for param in command.params if param.param_type_name == "option" and param.name != "help"]
+        missing = [param.opts[0] for param in options if not said[name] & set(param.opts)]
+        known = {opt for param in options for opt in param.opts}
+        assert missing == [], (name, missing)
+        assert said[name] <= known, (name, said[name] - known)
+
+
+def test_readme_converting_synopsis_names_every_convert_option():
+    """The synopsis at the top of the README's *Converting* section names every option of `convert`."""
+    synopsis = readme_section("## Converting").strip().splitlines()[0]
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    for param in group.commands["convert"].params:
+        if param.param_type_name == "option" and param.name != "help":
+            assert any(re.search(rf"(?<![\w-]){opt}(?![\w-])", synopsis) for opt in param.opts), param.opts
+
+
+@pytest.mark.slow
+def test_readme_testing_example_passes(tmp_path):
+    """The README's conftest.py and test_checkpoints.py, run by pytest on the bundled converters, pass."""
+    block = readme_section("## Writing and testing converters").split("```python\n# conftest.py\n")[1]
+    block = block.split("```")[0]
+    conftest, tests = block.split("\n# test_checkpoints.py")
+    (tmp_path / "conftest.py").write_text(conftest, encoding="utf-8")
+    (tmp_path / "test_checkpoints.py").write_text(tests.split("\n", 1)[1], encoding="utf-8")
+    copy_examples(tmp_path / "converters")
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_checkpoints.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 passed" in run.stdout

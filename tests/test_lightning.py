@@ -308,6 +308,7 @@ def test_resume_without_recorded_names_is_refused(reordered):
     with pytest.raises(OptimizerStateError, match="--drop-optimizer-state") as raised:
         _fit(reordered["B"](), "B", FIRST + MORE, ckpt_path=reordered["unnamed"])
     assert raised.value.parameters == ("embed.weight", "head.bias", "head.weight")
+    assert "ckpt_path_drop_optimizer_state = True in the Lightning mixin" in str(raised.value)  # the mixin's switch
     model = reordered["B"].load_from_checkpoint(reordered["unnamed"])  # no resume: the state is not needed
     expected = _in_layout_b(torch.load(reordered["unnamed"], weights_only=True)["state_dict"])
     assert _distance(model, expected) == 0

@@ -390,6 +390,7 @@ def test_unknown_names_and_a_layout_change_refuse():
     assert raised.value.parameters == ("embed.weight", "head.bias", "head.weight")
     assert raised.value.where == "optimizer_states[0]"
     assert "embed.weight, head.bias, head.weight" in str(raised.value)
+    assert "ckpt_path_drop_optimizer_state = True in the Lightning mixin" in str(raised.value)  # its other switch
     assert all(_state(ckpt)[i] is state[i] for i in range(4))  # the optimizer state was not touched
 
 
@@ -458,6 +459,7 @@ def test_a_convert_function_that_changes_a_parameter_refuses():
     assert isinstance(raised.value, OptimizerStateError)
     assert raised.value.parameters == ("head.weight",)
     assert "--drop-optimizer-state" in str(raised.value)
+    assert "ckpt_path_drop_optimizer_state = True in the Lightning mixin" in str(raised.value)
 
 
 def test_drop_after_a_convert_function_drops_only_the_changed_state():
@@ -514,6 +516,7 @@ def test_state_in_another_layout_than_its_parameter_refuses():
     with pytest.raises(OptimizerStateFollowError, match="another layout than the parameter") as raised:
         _convert(copy.deepcopy(ckpt), MOVE)
     assert raised.value.parameters == ("head.weight",)
+    assert "pass --drop-optimizer-state (or set ckpt_path_drop_optimizer_state = True" in str(raised.value)
     upgraded = _convert(ckpt, MOVE, drop=True)
     assert sorted(_state(upgraded.checkpoint.obj)) == [0, 1, 3]
 

@@ -54,6 +54,7 @@ ConvertersOption = Annotated[
             "[tool.ckpt-path] converters in ./pyproject.toml, then ./converters."
         ),
         show_default=False,
+        metavar="DIR",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of text.")]
@@ -63,6 +64,7 @@ StateDictOption = Annotated[
         "--state-dict",
         help="Dotted key of the state dict inside the checkpoint (default: detected: flat, state_dict, model, ...).",
         show_default=False,
+        metavar="KEY",
     ),
 ]
 SafeGlobalOption = Annotated[
@@ -71,6 +73,7 @@ SafeGlobalOption = Annotated[
         "--safe-global",
         help="Allow this global (module.Name) while unpickling, for a file you trust. Repeatable.",
         show_default=False,
+        metavar="MODULE.NAME",
     ),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")]
@@ -116,13 +119,23 @@ def _user_errors() -> Iterator[None]:
         _fail(str(exc))
 
 
+def _examples(*lines: str) -> str:
+    r"""Build the ``Examples:`` block of a command's help, one example per line.
+
+    click rewraps every paragraph of help text into one, except a paragraph whose first line is
+    the backspace character alone (``\b``). A raw docstring keeps ``\b`` as two characters, which
+    click prints as they are, so the examples are the command's epilog, built here.
+    """
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _registry(converters: Path | None) -> Registry:
     from ckpt_path.registry import Registry
 
     return Registry.from_directory(converters)
 
 
-@app.command()
+@app.command(epilog=_examples("ckpt-path plan 0.1.0 latest", "ckpt-path plan model.ckpt lam@latest --json"))
 def plan(
     source: Annotated[
         str,
@@ -139,15 +152,10 @@ def plan(
     allow_lossy: AllowLossyOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    r"""Print the path from SOURCE to TARGET: the converters that would run, in order.
+    """Print the path from SOURCE to TARGET: the converters that would run, in order.
 
     SOURCE may be a checkpoint file: its stamp gives the version, and the text output adds
     what each step will add, remove and reshape, predicted on shapes alone (no tensor data read).
-
-    \b
-    Examples:
-      ckpt-path plan 0.1.0 latest
-      ckpt-path plan model.ckpt lam@latest --json
     """
     checkpoint: Path | None = None
     predicted: list[StepReport] = []
@@ -159,6 +167,11 @@ def plan(
             _settle_imports()
             checkpoint = Path(source)
             result, _, predicted = plan_file(checkpoint, target, registry, allow_lossy=allow_lossy)
+        elif _names_a_file(source) and not _is_version_text(source):
+            from ckpt_path.errors import UnreadableCheckpointError
+
+            reason = "not a checkpoint file or DCP directory" if Path(source).exists() else "no such file"
+            raise UnreadableCheckpointError(source, f"{reason} (SOURCE is a version or a checkpoint)")
         else:
             result = registry.plan(source, target, allow_lossy=allow_lossy)
     if as_json:
@@ -168,6 +181,18 @@ def plan(
     if checkpoint is not None and result.steps:
         typer.echo(f"predicted on the shapes of {checkpoint} (no converter code run):")
         _print_reports(predicted, shown=None)
+
+
+_CHECKPOINT_SUFFIXES = frozenset(
+    {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle", ".tar", ".zip", ".safetensors", ".json", ".dcp"}
+)
+"""The extensions checkpoints are saved with: a SOURCE ending in one is a file name, not a mistyped version."""
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether a SOURCE that is not a version reads as a file name: a directory part or a checkpoint's suffix."""
+    path = Path(text)
+    return "/" in text or "\\" in text or path.exists() or path.suffix.lower() in _CHECKPOINT_SUFFIXES
 
 
 def _is_version_text(text: str) -> bool:
@@ -212,17 +237,12 @@ class GraphFormat(str, Enum):
     dot = "dot"
 
 
-@app.command()
+@app.command(epilog=_examples("ckpt-path graph --format mermaid > graph.mmd"))
 def graph(
     converters: ConvertersOption = None,
     fmt: Annotated[GraphFormat, typer.Option("--format", help="text, mermaid or dot.")] = GraphFormat.text,
 ) -> None:
-    r"""Print the version graph: every converter as an edge SOURCE -> TARGET.
-
-    \b
-    Example:
-      ckpt-path graph --format mermaid > graph.mmd
-    """
+    """Print the version graph: every converter as an edge SOURCE -> TARGET."""
     from ckpt_path.graph import render_graph
 
     with _user_errors():
@@ -248,7 +268,17 @@ def versions(
         typer.echo(f"{row.version!s:<{width}}  ({', '.join(row.notes)})" if row.notes else str(row.version))
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "ckpt-path convert old.ckpt -o new.ckpt",
+        "ckpt-path convert old.ckpt -o new.ckpt --to lam@latest",
+        "ckpt-path convert old.ckpt --dry-run --to 1.0.0",
+        "ckpt-path convert weights.pt -o new.pt --from 0.3.0   # a checkpoint without a stamp",
+        "ckpt-path convert old.ckpt -o new.safetensors --state-dict-only",
+        "ckpt-path convert step-1000/ -o step-1000-v2 --workers 2   # a DCP directory, 2 processes",
+        "ckpt-path convert sweep/ --output-dir upgraded/ --workers 2",
+    ),
+)
 def convert(
     input_paths: Annotated[
         list[Path],
@@ -264,6 +294,7 @@ def convert(
             "--output",
             help="Where to write the result of one INPUT (required unless --dry-run or --output-dir).",
             show_default=False,
+            metavar="OUTPUT",
         ),
     ] = None,
     output_dir: Annotated[
@@ -281,18 +312,23 @@ def convert(
             "--workers",
             min=1,
             help=(
-                "Processes to use: a batch converts N files at once; a distributed checkpoint converts "
-                "with N processes."
+                "Processes to use: several inputs (--output-dir) are converted N files at once; a DCP output "
+                "(a DCP INPUT, or an OUTPUT ending in .dcp) is written by N processes; anything else by one."
             ),
+            metavar="N",
         ),
     ] = 1,
-    to: Annotated[str, typer.Option("--to", help="Target: a version, `latest` or `LABEL@latest`.")] = "latest",
+    to: Annotated[
+        str,
+        typer.Option("--to", help="Target: a version, `latest` or `LABEL@latest`.", metavar="TARGET"),
+    ] = "latest",
     source: Annotated[
         str | None,
         typer.Option(
             "--from",
             help="Version of INPUT, when it has no stamp or a wrong one; `auto` infers it from the schemas.",
             show_default=False,
+            metavar="VERSION",
         ),
     ] = None,
     converters: ConvertersOption = None,
@@ -330,25 +366,18 @@ def convert(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    r"""Convert checkpoints to another version, checking shapes after every step.
+    """Convert checkpoints to another version, checking shapes after every step.
 
     The result is written to a temporary file beside OUTPUT and renamed into place only when
     every step succeeded, so a failure never leaves a half-written OUTPUT. OUTPUT's extension
-    picks the format: .safetensors, .safetensors.index.json (sharded), else torch.save.
-    Tensors no step changed are copied from INPUT as they are, not rewritten.
+    picks the format: .safetensors, .safetensors.index.json (sharded), .dcp (a
+    torch.distributed.checkpoint directory), else torch.save; a DCP INPUT writes a DCP directory
+    unless OUTPUT names another format. Tensors no step changed are copied from INPUT as they
+    are, not rewritten.
 
     With --output-dir every INPUT (a directory: the checkpoints in it) is converted into
     DIR/<its file name>, --workers at a time; one that fails does not stop the others, a
     summary follows, and the exit code is 1 when any failed.
-
-    \b
-    Examples:
-      ckpt-path convert old.ckpt -o new.ckpt
-      ckpt-path convert old.ckpt -o new.ckpt --to lam@latest
-      ckpt-path convert old.ckpt --dry-run --to 1.0.0
-      ckpt-path convert weights.pt -o new.pt --from 0.3.0   # a checkpoint without a stamp
-      ckpt-path convert old.ckpt -o new.safetensors --state-dict-only
-      ckpt-path convert sweep/ --output-dir upgraded/ --workers 2
     """
     from ckpt_path.commands import convert_file
 
@@ -386,12 +415,24 @@ def convert(
             )
         finally:
             progress.close()
-    for warning in result.warnings:
+    warnings = list(result.warnings)
+    if workers > 1:
+        warnings.append(_one_process(None if dry_run else output))
+    for warning in warnings:
         typer.echo(f"warning: {_one_line(warning)}", err=True)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     _print_conversion(result)
+
+
+def _one_process(output: Path | None) -> str:
+    """Say that --workers did nothing here: one INPUT converted into a file (or a dry run)."""
+    done = "nothing is written (--dry-run)" if output is None else f"{output} is written by one process"
+    return (
+        "--workers applies to DCP outputs (an OUTPUT ending in .dcp, or a DCP INPUT) and to several inputs "
+        f"(--output-dir), so {done}"
+    )
 
 
 def _distributed(input_path: Path, output: Path | None, workers: int) -> bool:
@@ -447,6 +488,11 @@ def _convert_batch(
     from ckpt_path.batch import convert_batch, plan_outputs
 
     with _user_errors():
+        if output is not None and output_dir is not None:
+            raise UsageError(
+                "-o and --output-dir do not go together: -o names the OUTPUT of one INPUT, "
+                "--output-dir DIR receives each INPUT as DIR/<its file name>"
+            )
         if output is not None:
             raise UsageError("-o names one OUTPUT; several inputs go to --output-dir DIR")
         if output_dir is None:
@@ -709,6 +755,7 @@ def stamp(
             "--output",
             help="Write the stamped copy here instead of replacing CKPT.",
             show_default=False,
+            metavar="OUTPUT",
         ),
     ] = None,
     force: ForceOption = False,
@@ -738,10 +785,16 @@ def stamp(
 @app.command()
 def schema(
     checkpoint: Annotated[Path, typer.Argument(metavar="CKPT", help="A real checkpoint of VERSION.")],
-    version: Annotated[str, typer.Option("--version", help="The version CKPT belongs to.")],
+    version: Annotated[str, typer.Option("--version", help="The version CKPT belongs to.", metavar="VERSION")],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Default: <converters>/schemas/VERSION.json.", show_default=False),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Default: <converters>/schemas/VERSION.json.",
+            show_default=False,
+            metavar="OUTPUT",
+        ),
     ] = None,
     converters: ConvertersOption = None,
     force: ForceOption = False,
@@ -771,14 +824,20 @@ def schema(
     typer.echo(f"wrote {written}")
 
 
-@app.command()
+@app.command(
+    epilog=_examples(
+        "ckpt-path new rename_head --from 1.1.0 --to 1.2.0",
+        "ckpt-path new fuse_qkv --from 1.2.0 --to 1.3.0 --ops",
+        "ckpt-path new moe_fusion --from 1.3.0 --to 2.0.0 --infer",
+    ),
+)
 def new(
     name: Annotated[
         str,
         typer.Argument(metavar="NAME", help="What the step does, e.g. fuse_qkv (becomes the file name)."),
     ],
-    source: Annotated[str, typer.Option("--from", help="Version the converter starts from.")],
-    target: Annotated[str, typer.Option("--to", help="Version the converter lands on.")],
+    source: Annotated[str, typer.Option("--from", help="Version the converter starts from.", metavar="A")],
+    target: Annotated[str, typer.Option("--to", help="Version the converter lands on.", metavar="B")],
     converters: ConvertersOption = None,
     ops: Annotated[
         bool,
@@ -789,24 +848,19 @@ def new(
         typer.Option(
             "--infer",
             help=(
-                "Draft the ops from schemas/SOURCE.json and schemas/TARGET.json: renames, stacks, "
+                "Draft the ops from schemas/A.json and schemas/B.json: renames, stacks, "
                 "concatenations and splits found by shapes and names; the rest as TODO comments."
             ),
         ),
     ] = False,
 ) -> None:
-    r"""Scaffold a documented converter file NNN_NAME.py in the converters directory.
-
-    \b
-    Examples:
-      ckpt-path new rename_head --from 1.1.0 --to 1.2.0
-      ckpt-path new fuse_qkv --from 1.2.0 --to 1.3.0 --ops
-      ckpt-path new moe_fusion --from 1.3.0 --to 2.0.0 --infer
-    """
+    """Scaffold a documented converter file NNN_NAME.py in the converters directory."""
     from ckpt_path.registry import find_converters_dir
     from ckpt_path.scaffold import scaffold_converter
 
     with _user_errors():
+        if ops and infer:
+            raise UsageError("--ops and --infer do not go together: --infer drafts the ops, --ops leaves them to you")
         path = scaffold_converter(find_converters_dir(converters), name, source, target, ops=ops, infer=infer)
     if infer:
         todo = sum(line.startswith("#   ") for line in path.read_text(encoding="utf-8").splitlines())

@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "DROP_OPTIMIZER_STATE",
     "CheckpointError",
     "CkptPathError",
     "ConverterFileError",
@@ -78,6 +79,11 @@ __all__ = [
     "VersionError",
     "VersionInferenceError",
 ]
+
+DROP_OPTIMIZER_STATE = (
+    "pass --drop-optimizer-state (or set ckpt_path_drop_optimizer_state = True in the Lightning mixin)"
+)
+"""How a refusal over optimizer state says to drop it instead: both switches, as either may be in use."""
 
 _SHOWN = 20
 """How many offending keys a one-line message lists."""
@@ -365,7 +371,7 @@ class OptimizerStateError(StepError):
             file,
             f"it changes {_listing(list(self.parameters))}, and the optimizer state in {where} cannot be "
             "matched to parameter names (the checkpoint does not record which state belongs to which "
-            "parameter), so it would silently train on misaligned state; pass --drop-optimizer-state "
+            f"parameter), so it would silently train on misaligned state; {DROP_OPTIMIZER_STATE} "
             "to drop it (lossy: training resumes with fresh optimizer state)",
         )
 

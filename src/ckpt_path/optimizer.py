@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ckpt_path.errors import OptimizerStateError, StepError
+from ckpt_path.errors import DROP_OPTIMIZER_STATE, OptimizerStateError, StepError
 from ckpt_path.ops import (
     Add,
     AddInto,
@@ -453,7 +453,7 @@ def _by_identity(held: _Held, names: list[str], context: _Context) -> _Plan | No
             held.where,
             f"its convert function changes {_listing(stateful)}, whose optimizer state in {held.where} cannot "
             "follow (what the function did to the values is unknown); write the step as ops, which the state "
-            "follows, or pass --drop-optimizer-state to drop the state of those parameters (lossy: they resume "
+            f"follows, or {DROP_OPTIMIZER_STATE} to drop the state of those parameters (lossy: they resume "
             "with fresh optimizer state)",
         )
     note = (
@@ -542,8 +542,8 @@ def _cannot_follow(cannot: list[str], where: str, context: _Context) -> str:
             cannot,
             where,
             f"it changes the layout of {_listing(cannot)}, whose optimizer state in {where} holds tensors "
-            "in another layout than the parameter (e.g. a factored second moment), which cannot follow; pass "
-            "--drop-optimizer-state to drop the state of those parameters (lossy: they resume with fresh "
+            "in another layout than the parameter (e.g. a factored second moment), which cannot follow; "
+            f"{DROP_OPTIMIZER_STATE} to drop the state of those parameters (lossy: they resume with fresh "
             "optimizer state)",
         )
     return (

@@ -445,6 +445,15 @@ def test_cli_older_than_oldest_is_one_line_error(project, how):
     assert not (project / "out.ckpt").exists()
 
 
+def test_plan_from_a_version_older_than_oldest_is_refused_as_convert_refuses_it(project):
+    """`plan 0.1.0 latest` under oldest = 0.2.0 is the same one-line refusal; `plan 0.2.0 latest` still plans."""
+    configure(project, oldest="0.2.0", last_release="mypkg 0.1.9")
+    line = assert_one_line_error(cli("plan", "0.1.0", "latest"))
+    assert "0.1.0 is older than 0.2.0" in line
+    assert "mypkg 0.1.9" in line
+    assert cli("plan", "0.2.0", "latest").exit_code == 0
+
+
 def test_older_than_oldest_without_last_release_says_none_is_recorded(project):
     """Without last-release the message says no release that reads the checkpoint is recorded."""
     configure(project, oldest="0.2.0")

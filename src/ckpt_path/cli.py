@@ -174,6 +174,11 @@ def plan(
             raise UnreadableCheckpointError(source, f"{reason} (SOURCE is a version or a checkpoint)")
         else:
             result = registry.plan(source, target, allow_lossy=allow_lossy)
+            oldest = registry.settings.oldest  # as convert refuses it: a plan it would not run is no plan
+            if oldest is not None and result.source < oldest:
+                from ckpt_path.errors import UnsupportedVersionError
+
+                raise UnsupportedVersionError(str(result.source), str(oldest), registry.settings.last_release)
     if as_json:
         typer.echo(result.to_json())
         return

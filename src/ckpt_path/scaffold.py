@@ -11,15 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 from packaging.version import Version
 
 from ckpt_path.converter_files import converter_files, display_path, read_converter_file
 from ckpt_path.converters import Converter
-from ckpt_path.drafting import Draft, draft_ops
+from ckpt_path.drafting import Draft, draft_ops, why_not_reversible
 from ckpt_path.errors import ConverterFileError, VersionError
-from ckpt_path.ops import Op, invert
+from ckpt_path.ops import Op
 from ckpt_path.shapes import Schema, load_schema
 from ckpt_path.versions import parse_version
 
@@ -113,7 +115,7 @@ def scaffold_converter(  # noqa: PLR0913 - where, what, the versions, and how to
     description = name.replace("_", " ").strip().capitalize().rstrip(".") + "."
     if infer:
         schemas = [_schema_for(root, version) for version in (src, tgt)]
-        text = _render_draft(draft_ops(*schemas), description, src, tgt)
+        text = _render_draft(draft_ops(*schemas), description, (src, tgt), schemas)
     else:
         template = _OPS_TEMPLATE if ops else _CONVERT_TEMPLATE
         text = template.format(description=description, source=src, target=tgt)
@@ -144,11 +146,38 @@ def _schema_for(root: Path, version: Version) -> Schema:
     return load_schema(path)
 
 
-def _render_draft(draft: Draft, description: str, source: Version, target: Version) -> str:
-    """Spell ``draft`` as an ops file: reversible when every op inverts and nothing is left to do."""
+def _not_reversible(draft: Draft, source: Schema, target: Schema) -> str:
+    """Say why the drafted file must not say ``reversible = True``; empty when it may.
+
+    It may when the draft is complete and its inverse, predicted on the target layout, gives
+    the source layout back (:func:`~ckpt_path.drafting.why_not_reversible`): otherwise the
+    inverse edge it registers would fail ``ckpt-path check``'s round trip, or every run back.
+    """
+    ops = [op for op, _ in draft.ops]
+    if not ops:
+        return "nothing was drafted yet"
+    if draft.todo or draft.problems:
+        return "the draft is not finished (see the TODOs below); set True once `ckpt-path check` passes"
+    return why_not_reversible(ops, source, target)
+
+
+def _render_draft(draft: Draft, description: str, versions: tuple[Version, Version], schemas: Sequence[Schema]) -> str:
+    """Spell ``draft`` as an ops file: reversible when its inverse gives the source layout back, else saying why not."""
+    source, target = versions
     ops = [op for op, _ in draft.ops]
     names = sorted({type(op).__name__ for op in ops})
-    reversible = bool(ops) and not draft.todo and not draft.problems and invert(ops) is not None
+    why = _not_reversible(draft, *schemas)
+    reversible = (
+        ["reversible = True"]
+        if not why
+        else textwrap.wrap(
+            f"reversible = False  # {why}",
+            width=_LINE,
+            subsequent_indent="#   ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    )
     lines = [
         f'"""{description}"""',
         "",
@@ -156,9 +185,7 @@ def _render_draft(draft: Draft, description: str, source: Version, target: Versi
         "",
         f'source = "{source}"',
         f'target = "{target}"',
-        "reversible = True"
-        if reversible
-        else "# reversible = True  # once every op has an inverse and nothing is left to do",
+        *reversible,
         "",
         f"# Drafted by `ckpt-path new --infer` from schemas/{source}.json and schemas/{target}.json.",
         "# Read every op (an order of fused parts, a transpose guessed from shapes), then run `ckpt-path check`.",

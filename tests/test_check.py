@@ -500,3 +500,32 @@ def test_version_no_step_lands_on_needs_no_schema(examples):
     assert result.exit_code == 0, result.output
     assert "has no schema" not in result.stdout
     assert not [f for f in check_directory(examples) if "0.1.0" in f.message], check_directory(examples)
+
+
+def test_new_ops_template_imports_every_op_its_comments_show(examples):
+    """Every op the `new --ops` template shows in its comments is imported, and nothing else is."""
+    import ast
+    import re
+
+    import ckpt_path.ops
+
+    assert new(examples, "fuse_qkv", "--from", "1.1.0", "--to", "1.2.0", "--ops").exit_code == 0
+    text = (examples / "007_fuse_qkv.py").read_text(encoding="utf-8")
+    (imported,) = [node for node in ast.parse(text).body if isinstance(node, ast.ImportFrom)]
+    names = {alias.name for alias in imported.names}
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    shown = set(re.findall(r"\b([A-Z][A-Za-z]+)\(", comments))
+    assert names == shown, names ^ shown
+    assert names <= set(ckpt_path.ops.__all__)
+
+
+@pytest.mark.parametrize(
+    ("name", "docstring"),
+    [("bad name!", '"""Bad name."""'), ('say "hi" \\ now...', '"""Say hi now."""'), ("fuse_qkv", '"""Fuse qkv."""')],
+)
+@pytest.mark.parametrize("ops", [False, True])
+def test_new_writes_the_name_as_one_plain_sentence(tmp_path, name, docstring, ops):
+    """The docstring is the name's words and one period: no "!.", and no quote or backslash that breaks the file."""
+    path = scaffold_converter(tmp_path, name, "1.0.0", "1.1.0", ops=ops)
+    assert path.read_text(encoding="utf-8").splitlines()[0] == docstring
+    assert read_converter_file(path).description == docstring.strip('"')

@@ -54,16 +54,29 @@ def convert(ckpt):
 #     return True
 '''
 
-# The import line is part of the file written, not of this module: a new ops file imports every
-# common op so its author can edit `ops` without touching the import, and the line's noqa for
-# F401 keeps ruff, run over the converters directory, from flagging the ones the file does not use.
+# The import is part of the file written, not of this module: a new ops file imports every op its
+# comments show, so its author can edit `ops` without touching the import, and the noqa for F401
+# keeps ruff, run over the converters directory, from flagging the ones the file does not use.
 _OPS_TEMPLATE = '''"""{description}"""
 
-from ckpt_path.ops import Add, Cast, Concat, Drop, MoveIndex, Permute, Rename, Reshape, Split, Stack  # noqa: F401
+from ckpt_path.ops import (  # noqa: F401 - every op shown below, so editing ops never needs an import
+    Add,
+    Cast,
+    Concat,
+    Drop,
+    DropDerived,
+    MoveIndex,
+    Permute,
+    Rename,
+    Reshape,
+    SetMeta,
+    Split,
+    Stack,
+)
 
 source = "{source}"
 target = "{target}"
-reversible = True  # registers {target} -> {source} too; needs every op to have an inverse (not Drop)
+reversible = True  # registers {target} -> {source} too; needs every op to have an inverse (not Drop, DropDerived)
 
 # Read without running this file. Keys are templates: {{name}} matches one dotted segment,
 # {{*name}} any number of segments, {{i+1}} computes with a number; optional=True may match nothing.
@@ -112,7 +125,7 @@ def scaffold_converter(  # noqa: PLR0913 - where, what, the versions, and how to
                 raise ConverterFileError(converter.origin, f"already converts {src} -> {tgt}")
     numbers = [int(m.group(1)) for p in root.glob("*.py") if (m := re.match(r"(\d+)_", p.name))]
     path = root / f"{(max(numbers) + 1) if numbers else 1:03d}_{slug}.py"
-    description = name.replace("_", " ").strip().capitalize().rstrip(".") + "."
+    description = _description(name)
     if infer:
         schemas = [_schema_for(root, version) for version in (src, tgt)]
         text = _render_draft(draft_ops(*schemas), description, (src, tgt), schemas)
@@ -122,6 +135,15 @@ def scaffold_converter(  # noqa: PLR0913 - where, what, the versions, and how to
     with path.open("x", encoding="utf-8") as handle:
         handle.write(text)
     return path
+
+
+def _description(name: str) -> str:
+    """Return the docstring of a new file: the words of ``name`` as a sentence (``bad name!`` gives ``Bad name.``).
+
+    Punctuation, quotes and backslashes are left out, so whatever the name the docstring is
+    one plain sentence that cannot end the string early.
+    """
+    return " ".join(re.sub(r"[\W_]+", " ", name).split()).capitalize() + "."
 
 
 def _existing(root: Path) -> list[Converter]:

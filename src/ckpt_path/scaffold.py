@@ -176,10 +176,10 @@ def _not_reversible(draft: Draft, source: Schema, target: Schema) -> str:
     inverse edge it registers would fail ``ckpt-path check``'s round trip, or every run back.
     """
     ops = [op for op, _ in draft.ops]
-    if not ops:
-        return "nothing was drafted yet"
     if draft.todo or draft.problems:
         return "the draft is not finished (see the TODOs below); set True once `ckpt-path check` passes"
+    if not ops:
+        return "nothing was drafted: the two schemas are the same"
     return why_not_reversible(ops, source, target)
 
 

@@ -414,3 +414,118 @@ def test_new_refuses_a_name_without_letters(tmp_path, name):
     with pytest.raises(CkptPathError):
         scaffold_converter(tmp_path, name, "1.0.0", "1.1.0")
     assert list(tmp_path.glob("*.py")) == []
+
+
+# Steps that fail on a checkpoint their source's schema describes, and the notes of paths that fail.
+
+
+def write_convert(directory: Path, name: str, source: str, target: str, body: str) -> Path:
+    """Write a convert file ``name`` for ``source -> target`` whose ``convert`` runs ``body`` (one line)."""
+    path = directory / f"{name}.py"
+    path.write_text(
+        f'"""{name}."""\n\nsource = "{source}"\ntarget = "{target}"\n\n\ndef convert(ckpt):\n    {body}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ('raise ValueError("boom")', "ValueError: boom"),
+        ("return None", "convert returned None"),
+        ('return ckpt["state_dict"]["missing.weight"]', "KeyError: 'missing.weight'"),
+        ('raise KeyError("boom")', "KeyError: 'boom'"),
+        ('ckpt["state_dict"].pop("output_map.bias")\n    return ckpt', "output_map.bias: missing"),
+    ],
+    ids=["raises", "returns-none", "missing-key", "raises-key-error", "wrong-layout"],
+)
+def test_step_that_fails_on_its_source_schema_is_a_problem_of_its_file(examples, body, said):
+    """A step from a version with a schema that fails on a checkpoint of that schema fails check, on its file, once."""
+    (examples / "schemas" / "1.2.0.json").write_text(  # 1.2.0 keeps the layout of 1.1.0
+        (examples / "schemas" / "1.1.0.json").read_text(encoding="utf-8").replace('"1.1.0"', '"1.2.0"'),
+        encoding="utf-8",
+    )
+    broken = write_convert(examples, "007_broken", "1.1.0", "1.2.0", body)
+    result = check(examples)
+    assert "converters OK" not in result.stdout
+    assert_reported(examples, broken, "step 1.1.0 -> 1.2.0 fails on a synthetic checkpoint of 1.1.0", said)
+    findings = check_directory(examples)
+    assert [f.file for f in findings if f.problem] == [str(broken)], [str(f) for f in findings]
+    assert not [f for f in findings if not f.problem and "007_broken" in f.message], [str(f) for f in findings]
+
+
+def test_step_without_a_schema_for_its_source_fails_paths_as_one_note_on_its_file(examples):
+    """A failing step from a version with no schema is one note on its file: its input came from unverified steps."""
+    write_convert(examples, "007_next", "1.1.0", "1.2.0", "return ckpt")
+    broken = write_convert(examples, "008_broken", "1.2.0", "1.3.0", 'raise ValueError("boom")')
+    result = check(examples)
+    assert result.exit_code == 0, result.output
+    assert "converters OK" in result.stdout
+    notes = [line for line in result.stdout.splitlines() if "ValueError: boom" in line]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith(f"note: {broken}: ")
+    assert "step 1.2.0 -> 1.3.0" in notes[0]
+
+
+def test_step_that_needs_checkpoint_entries_the_schema_cannot_describe_is_a_note(examples):
+    """A step reading ckpt["hyper_parameters"] fails on a synthetic checkpoint for want of it: a note, not a problem."""
+    reads = write_convert(examples, "007_reads", "1.1.0", "1.2.0", 'ckpt["hyper_parameters"]["heads"]\n    return ckpt')
+    result = check(examples)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stdout.splitlines() if line.startswith(f"note: {reads}: ")]
+    assert len(notes) == 1, result.stdout
+    assert "hyper_parameters" in notes[0]
+    assert "outside the state dict" in notes[0]
+
+
+def test_new_ops_template_is_reported_once_on_its_own_file(examples):
+    """The unedited `new --ops` template fails its step: one problem on its file, no note on the files before it."""
+    assert new(examples, "fuse_qkv", "--from", "1.1.0", "--to", "1.2.0", "--ops").exit_code == 0
+    template = examples / "007_fuse_qkv.py"
+    result = check(examples)
+    lines = errors(result)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {template}: step 1.1.0 -> 1.2.0 fails"), lines
+    assert "no key matches 'OLD.{p}'" in lines[0]
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
+    assert not [n for n in notes if "OLD.{p}" in n or "007_fuse_qkv" in n], notes
+    assert len(notes) == len(set(notes)), notes
+
+
+def test_version_no_step_lands_on_needs_no_schema(examples):
+    """The first version, which no step lands on, gets no "has no schema" note: nothing there is left unverified."""
+    (examples / "schemas" / "0.1.0.json").unlink()
+    result = check(examples)
+    assert result.exit_code == 0, result.output
+    assert "has no schema" not in result.stdout
+    assert not [f for f in check_directory(examples) if "0.1.0" in f.message], check_directory(examples)
+
+
+def test_new_ops_template_imports_every_op_its_comments_show(examples):
+    """Every op the `new --ops` template shows in its comments is imported, and nothing else is."""
+    import ast
+    import re
+
+    import ckpt_path.ops
+
+    assert new(examples, "fuse_qkv", "--from", "1.1.0", "--to", "1.2.0", "--ops").exit_code == 0
+    text = (examples / "007_fuse_qkv.py").read_text(encoding="utf-8")
+    (imported,) = [node for node in ast.parse(text).body if isinstance(node, ast.ImportFrom)]
+    names = {alias.name for alias in imported.names}
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    shown = set(re.findall(r"\b([A-Z][A-Za-z]+)\(", comments))
+    assert names == shown, names ^ shown
+    assert names <= set(ckpt_path.ops.__all__)
+
+
+@pytest.mark.parametrize(
+    ("name", "docstring"),
+    [("bad name!", '"""Bad name."""'), ('say "hi" \\ now...', '"""Say hi now."""'), ("fuse_qkv", '"""Fuse qkv."""')],
+)
+@pytest.mark.parametrize("ops", [False, True])
+def test_new_writes_the_name_as_one_plain_sentence(tmp_path, name, docstring, ops):
+    """The docstring is the name's words and one period: no "!.", and no quote or backslash that breaks the file."""
+    path = scaffold_converter(tmp_path, name, "1.0.0", "1.1.0", ops=ops)
+    assert path.read_text(encoding="utf-8").splitlines()[0] == docstring
+    assert read_converter_file(path).description == docstring.strip('"')

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckpt_path.drafting import draft_ops
-from ckpt_path.ops import Op, Rename, Reshape, Split, Unsqueeze, Unstack
+from ckpt_path.drafting import draft_ops, why_not_reversible
+from ckpt_path.ops import Drop, Op, Rename, Reshape, Split, Unsqueeze, Unstack
 from ckpt_path.shapes import Schema, TensorSpec, load_schema, signature
 
 GUESSED_ORDER = "the order of the parts is a guess: check it"
@@ -74,3 +74,31 @@ def test_draft_reads_named_dimensions_as_one_size_in_both_schemas(tmp_path: Path
     draft = draft_ops(load_schema(tmp_path / "1.0.json"), load_schema(tmp_path / "2.0.json"))
     assert list(draft.ops) == [(Rename("enc.w", "embed.w"), "")]
     assert draft.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("ops", "before", "after", "said"),
+    [
+        pytest.param([Rename("a", "b")], {"a": (2,)}, {"b": (2,)}, "", id="inverts"),
+        pytest.param([Drop("a")], {"a": (2,), "b": (3,)}, {"b": (3,)}, "op 1 (Drop) has no inverse", id="no-inverse"),
+        pytest.param(
+            [Rename("{*p}.x", "{*p}.y")],
+            {"x": (2,), "z.y": (3,)},
+            {"y": (2,), "z.y": (3,)},
+            "the inverse, predicted on the 2.0 layout, does not give 1.0: z.x: unexpected",
+            id="inverse-takes-more",
+        ),
+        pytest.param(
+            [Rename("m.{i}.b", "m.b")],
+            {"m.0.b": (2,)},
+            {"m.b": (2,)},
+            "the inverse, predicted on the 2.0 layout, fails: template 'm.{i}.b' uses {i}",
+            id="inverse-fails",
+        ),
+    ],
+)
+def test_why_not_reversible_predicts_the_inverse_on_the_target_layout(ops, before, after, said):
+    """Ops are reversible when their inverse, predicted on the layout after, gives the one before; else it says why."""
+    found = why_not_reversible(ops, schema("1.0", before), schema("2.0", after))
+    assert found.startswith(said), found
+    assert bool(found) == bool(said), found

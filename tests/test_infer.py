@@ -10,8 +10,21 @@ import torch
 
 from ckpt_path import Registry, read_converter_file
 from ckpt_path._synthetic import synthetic_checkpoint
-from ckpt_path.drafting import draft_ops
-from ckpt_path.ops import Cast, Concat, DropDerived, Rename, Split, Squeeze, Stack, Transpose, Unstack
+from ckpt_path.check import check_directory
+from ckpt_path.drafting import Draft, draft_ops
+from ckpt_path.ops import (
+    Cast,
+    Concat,
+    DropDerived,
+    Rename,
+    Split,
+    Squeeze,
+    Stack,
+    Transpose,
+    Unstack,
+    invert,
+    predict,
+)
 from ckpt_path.runner import RunResult, run
 from ckpt_path.shapes import Schema, TensorSpec, load_schema
 from helpers import cli, write_schema
@@ -250,3 +263,46 @@ def test_new_without_infer_still_scaffolds(tmp_path, ops_flag):
     assert result.exit_code == 0, result.output
     (path,) = tmp_path.glob("*_step.py")
     assert read_converter_file(path).kind == ("ops" if ops_flag else "convert")
+
+
+# Reversible only when the way back is: a dropped index stays literal, and the inverse is predicted.
+
+
+def test_drafted_rename_keeps_an_index_the_target_drops_literal(examples):
+    """The examples' 0.1.0 -> 0.2.0 drops grid_mlp's "0": the draft keeps it literal, so check passes its inverse."""
+    (examples / "001_rename_grid_mlp.py").unlink()
+    path = draft(examples, "0.1.0", "0.2.0", name="step")
+    text = path.read_text(encoding="utf-8")
+    assert 'Rename("g2m_gnn.grid_mlp.0.bias", "g2m_gnn.grid_mlp.bias")' in text
+    assert "{i}" not in text
+    assert "\nreversible = True\n" in text
+    assert [f for f in check_directory(examples) if f.problem] == []
+
+
+def test_a_rename_that_drops_a_binding_is_never_drafted():
+    """A template whose target leaves out a binding of its source cannot be inverted, so the draft stays literal."""
+    before = {"mlp.0.weight": ((4, 4), "float32"), "mlp.0.bias": ((4,), "float32"), "head": ((2,), "float32")}
+    after = {"mlp.weight": ((4, 4), "float32"), "mlp.bias": ((4,), "float32"), "head": ((2,), "float32")}
+    found = draft_ops(schema("1", before), schema("2", after))
+    ops = [op for op, _ in found.ops]
+    assert sorted(ops, key=repr) == [Rename("mlp.0.bias", "mlp.bias"), Rename("mlp.0.weight", "mlp.weight")]
+    inverse = invert(ops)
+    assert inverse is not None
+    sig = {k: TensorSpec(s, d) for k, (s, d) in before.items()}
+    assert predict(inverse, predict(ops, sig)) == sig
+
+
+def test_drafted_ops_whose_inverse_fails_are_not_written_reversible(tmp_path, monkeypatch):
+    """Ops that give the target but whose inverse does not give the source back are not reversible, saying why."""
+    write_schema(tmp_path, "1.0.0", {"mlp.0.bias": ((4,), "float32")})
+    write_schema(tmp_path, "2.0.0", {"mlp.bias": ((4,), "float32")})
+    dropped = Draft(ops=((Rename("mlp.{i}.bias", "mlp.bias"), ""),), todo=(), problems=())
+    monkeypatch.setattr("ckpt_path.scaffold.draft_ops", lambda *_: dropped)
+    path = draft(tmp_path, "1.0.0", "2.0.0")
+    text = path.read_text(encoding="utf-8")
+    assert "\nreversible = False  # " in text
+    said = text.split("\nreversible = False  # ")[1].split("\n\n")[0].replace("\n#   ", " ")
+    assert said.startswith("the inverse, predicted on the 2.0.0 layout, fails: template 'mlp.{i}.bias' uses {i}"), said
+    converter = read_converter_file(path)
+    assert not converter.reversible
+    assert [f for f in check_directory(tmp_path) if f.problem] == []

@@ -2,10 +2,20 @@
 
 :func:`check_directory` reports all it finds rather than stopping at the first: files that
 do not parse or import, bad metadata, duplicate edges, versions that cannot reach
-``latest``, reversible files whose round trip is not bitwise identical, and different paths
-between two versions that give different tensors. The last two run on synthetic checkpoints
-built from schemas, so they need ``schemas/<version>.json``; notes say what could not be
-checked, and which versions have no schema.
+``latest``, steps that fail on a checkpoint their source's schema describes, reversible files
+whose round trip is not bitwise identical, and different paths between two versions that give
+different tensors. The last three run on synthetic checkpoints built from schemas, so they
+need ``schemas/<version>.json``; notes say what could not be checked, and which versions that
+a step lands on have no schema.
+
+A step is run alone (:func:`_steps`) when it is the edge its file declares and its source
+has a schema: its input is then exactly what the schema promises, so a failure (it raises,
+returns None, or leaves a state dict the target's schema refuses) is the file's problem.
+Where it is not clear the file is at fault, a failure is a note on the failing step's file,
+said once: a step whose source has no schema runs only inside longer paths, fed by earlier
+steps nothing verified; the inverse edge of a reversible file is checked by its round trip;
+and a step that looks up a checkpoint entry outside the state dict (``ckpt["hyper_parameters"]``)
+fails for want of what schemas cannot describe.
 
 A round trip is checked in the direction the file was written, ``source -> target ->
 source``, from a synthetic checkpoint of ``source``: built from its schema or, when only
@@ -28,12 +38,12 @@ from packaging.version import Version
 
 from ckpt_path.converter_files import converter_files, display_path, read_converter_file
 from ckpt_path.converters import Converter
-from ckpt_path.errors import CkptPathError, ConverterFileError, StepError
+from ckpt_path.errors import CkptPathError, ConverterFileError, ShapeMismatchError, StepError
 from ckpt_path.graph import split_duplicates
 from ckpt_path.planner import Plan
 from ckpt_path.registry import Registry, find_converters_dir
 from ckpt_path.shapes import Schema
-from ckpt_path.versions import latest
+from ckpt_path.versions import latest, parse_version
 
 __all__ = ["Finding", "check_directory"]
 
@@ -101,13 +111,79 @@ def _reach_latest(registry: Registry) -> list[Finding]:
     return findings
 
 
-def _round_trips(registry: Registry) -> list[Finding]:
-    """Run each reversible file's ``source -> target -> source`` on a synthetic checkpoint of ``source``."""
+_Edge = tuple[Version, Version]
+"""A step's ``(source, target)``, by which a step that failed is said once."""
+
+
+class _Entries(dict[Any, Any]):
+    """The top level of a synthetic checkpoint: remembers the entries a step looked up and did not find."""
+
+    def __init__(self, entries: dict[str, Any]) -> None:
+        super().__init__(entries)
+        self.wanted: list[object] = []
+
+    def __missing__(self, key: object) -> Any:
+        """Remember ``key``, then fail the lookup as a plain dict does."""
+        self.wanted.append(key)
+        raise KeyError(key)
+
+
+def _failure(exc: Exception) -> str:
+    """Say why a step failed, without the ``step A -> B (file)`` its error starts with."""
+    if isinstance(exc, StepError):
+        return exc.reason
+    if isinstance(exc, ShapeMismatchError):
+        against = f" (checked against {exc.schema})" if exc.schema else ""
+        return f"it left a wrong state dict{against}: {'; '.join(exc.problems[:3])}"
+    return str(exc) if isinstance(exc, CkptPathError) else f"{type(exc).__name__}: {exc}"
+
+
+def _steps(registry: Registry) -> tuple[list[Finding], set[_Edge]]:
+    """Run each file's own step on a synthetic checkpoint of its source's schema; return findings and failed edges.
+
+    A failure is a problem of the file (see the module docstring), unless the step looked up
+    a top-level checkpoint entry the synthetic checkpoint lacks: schemas describe the state
+    dict only, so a step reading ``ckpt["hyper_parameters"]`` gets a note saying so. The
+    failed edges are returned so the round trips and paths through them are not reported again.
+    """
+    from ckpt_path._synthetic import round_trip_start
+    from ckpt_path.runner import run
+
+    findings, failed = [], set()
+    for converter in registry.converters:
+        source, target = str(converter.source), str(converter.target)
+        if converter.inverse or registry.schema(source) is None:
+            continue
+        start = _Entries(round_trip_start(registry, source, target))  # seeded with what its metadata ops read
+        plan = Plan(source=converter.source, target=converter.target, steps=(converter,))
+        try:
+            run(plan, start, schemas=registry.schema)
+        except Exception as exc:  # noqa: BLE001 - one broken step is a finding, not a crash of the lint
+            failed.add(converter.edge)
+            cause = exc.__cause__
+            step = f"step {source} -> {target}"
+            if isinstance(cause, KeyError) and cause.args and cause.args[0] in start.wanted:
+                message = (
+                    f"{step} not checked: it looks up {cause.args[0]!r}, a checkpoint entry outside the state dict "
+                    f"that a synthetic checkpoint of the schema of {source} does not have"
+                )
+                findings.append(Finding(file=converter.origin, problem=False, message=message))
+                continue
+            message = f"{step} fails on a synthetic checkpoint of {source}'s schema: {_failure(exc)}"
+            findings.append(Finding(file=converter.origin, message=message))
+    return findings, failed
+
+
+def _round_trips(registry: Registry, failed: set[_Edge]) -> list[Finding]:
+    """Run each reversible file's ``source -> target -> source`` on a synthetic checkpoint of ``source``.
+
+    A file whose step already failed alone (``failed``) is not reported again.
+    """
     from ckpt_path._synthetic import round_trip_differences, summarize
 
     findings = []
     for converter in registry.converters:
-        if not converter.reversible or converter.inverse:
+        if not converter.reversible or converter.inverse or converter.edge in failed:
             continue
         source, target = str(converter.source), str(converter.target)
         trip = f"round trip {source} -> {target} -> {source}"
@@ -135,10 +211,13 @@ def _round_trips(registry: Registry) -> list[Finding]:
 
 
 def _unverified_versions(registry: Registry) -> list[Finding]:
-    """Note every version without a schema: steps landing on it are checked by their own predictions only."""
+    """Note every version a step lands on that has no schema: such steps are checked by their own predictions only.
+
+    A version no step lands on (the first one) needs no schema for that: nothing is verified there.
+    """
     findings = []
     for version in sorted(registry.graph.nodes):
-        if registry.schema(version) is not None:
+        if registry.schema(version) is not None or not registry.graph.in_degree(version):
             continue
         folder = registry.schemas_dir
         file = display_path(folder / f"{version}.json") if folder is not None else str(version)
@@ -160,36 +239,50 @@ def _run_paths(
     lossless: nx.DiGraph,
     paths: list[list[Version]],
     schema: Schema,
-) -> tuple[list[tuple[list[Version], Any]], list[Finding]]:
-    """Run each path on the same synthetic checkpoint; return the results and notes."""
+    failures: dict[object, Finding],
+) -> list[tuple[list[Version], Any]]:
+    """Run each path on the same synthetic checkpoint; return the results, noting each failing step in ``failures``.
+
+    A note goes on the file of the step that failed, keyed by that step, so a step that fails
+    on many paths is said once.
+    """
     from ckpt_path._synthetic import synthetic_checkpoint
     from ckpt_path.runner import run
 
-    results, notes = [], []
+    results = []
     for nodes in sorted(paths, key=lambda p: (len(p), p)):
         steps = tuple(lossless.edges[u, v]["converter"] for u, v in itertools.pairwise(nodes))
         plan = Plan(source=nodes[0], target=nodes[-1], steps=steps)
         try:
             results.append((nodes, run(plan, synthetic_checkpoint(schema), schemas=registry.schema).checkpoint))
+        except (StepError, ShapeMismatchError) as exc:
+            edge = (parse_version(exc.source), parse_version(exc.target))
+            note = Finding(file=exc.file, problem=False, message=f"paths through it not compared: {exc}")
+            failures.setdefault(edge, note)
         except CkptPathError as exc:
-            notes.append(Finding(file=steps[0].origin, problem=False, message=f"path not compared: {exc}"))
-    return results, notes
+            failures.setdefault(
+                str(exc), Finding(file=steps[0].origin, problem=False, message=f"path not compared: {exc}")
+            )
+    return results
 
 
-def _path_agreement(registry: Registry) -> list[Finding]:
-    """Compare different lossless paths between two versions where they part and meet again."""
+def _path_agreement(registry: Registry, failed: set[_Edge]) -> list[Finding]:
+    """Compare different lossless paths between two versions where they part and meet again.
+
+    A step that fails is noted once, on its file, unless it already failed alone (``failed``).
+    """
     from ckpt_path._synthetic import checkpoint_differences, summarize
 
     graph = registry.graph
     lossless = nx.DiGraph([(u, v, d) for u, v, d in graph.edges(data=True) if not d["converter"].lossy])
     findings = []
+    failures: dict[object, Finding] = {}
     for source, target in itertools.permutations(sorted(lossless.nodes), 2):
         schema = registry.schema(source)
         paths = list(itertools.islice(nx.all_simple_paths(lossless, source, target), MAX_PATHS)) if schema else []
         if len(paths) < 2 or schema is None:  # noqa: PLR2004 - agreement needs two paths
             continue
-        results, notes = _run_paths(registry, lossless, paths, schema)
-        findings += notes
+        results = _run_paths(registry, lossless, paths, schema, failures)
         for other, got in results[1:]:
             first, expected = results[0]
             if other[1] == first[1] or set(other[1:-1]) & set(first[1:-1]):
@@ -203,7 +296,7 @@ def _path_agreement(registry: Registry) -> list[Finding]:
                         message=f"paths {shown[0]} and {shown[1]} give different checkpoints: {summarize(differences)}",
                     ),
                 )
-    return findings
+    return findings + [note for key, note in failures.items() if key not in failed]
 
 
 def check_directory(directory: str | Path | None = None) -> list[Finding]:
@@ -226,8 +319,10 @@ def check_directory(directory: str | Path | None = None) -> list[Finding]:
     findings += _reach_latest(registry)
     try:
         findings += _unverified_versions(registry)
-        findings += _round_trips(registry)
-        findings += _path_agreement(registry)
+        steps, failed = _steps(registry)
+        findings += steps
+        findings += _round_trips(registry, failed)
+        findings += _path_agreement(registry, failed)
     except CkptPathError as exc:  # e.g. a damaged schema file
         findings.append(Finding(file=str(root), message=str(exc)))
     return sorted(findings, key=lambda f: (f.file, f.line or 0, f.message))

@@ -37,7 +37,7 @@ from ckpt_path.ops import (
 )
 from ckpt_path.shapes import Schema, TensorSpec
 
-__all__ = ["Draft", "draft_ops"]
+__all__ = ["Draft", "draft_ops", "why_not_reversible"]
 
 _NUMBER = re.compile(r"0|[1-9][0-9]*")
 _INDEX_NAMES = "ijklmn"
@@ -405,7 +405,11 @@ def _generalize(
     """Cover ``concrete`` (ops on disjoint keys) with as few templates as possible, each checked on ``sig``.
 
     A template is taken only when it does on ``sig`` exactly what the concrete ops it covers
-    do, no more: it covers the most ops first, then keeps the most literal segments.
+    do, no more, and its inverse undoes that: it covers the most ops first, then keeps the most
+    literal segments. The inverse matters because a template may fit one way only: with one
+    layer, ``Rename("mlp.{i}.bias", "mlp.bias")`` renames what ``Rename("mlp.0.bias", "mlp.bias")``
+    does, but its target drops ``{i}``, so the way back cannot say which layer; the literal op it
+    generalises is kept instead, and ``reversible = True`` stays possible.
     """
     deltas = []
     for op in concrete:  # each on the keys it reads alone: concrete renames may only work all at once (a shift)
@@ -436,13 +440,46 @@ def _generalize(
                 got = candidate.predict(sig)
             except OpError:
                 continue
-            if got == expected:
+            if got == expected and (candidate in concrete or _undoes(candidate, got, sig)):
                 chosen.append((candidate, len(cover)))
                 sig, remaining = got, remaining - cover
                 break
         else:  # not even the concrete op fits any more (an earlier template took its keys)
             remaining.discard(min(remaining))
     return chosen, sig
+
+
+def _undoes(op: Op, after: dict[str, TensorSpec], before: dict[str, TensorSpec]) -> bool:
+    """Whether ``op``'s inverse, predicted on ``after``, gives ``before`` back (True for an op with no inverse)."""
+    inverse = op.inverse()
+    if inverse is None:
+        return True
+    try:
+        return inverse.predict(after) == before
+    except OpError:
+        return False
+
+
+def why_not_reversible(ops: Sequence[Op], source: Schema, target: Schema) -> str:
+    """Say why ``ops`` (from ``source`` to ``target``) cannot be registered ``reversible``; empty when they can.
+
+    They can when every op has an inverse and the inverse, predicted on the layout of
+    ``target``, gives the layout of ``source`` back: what ``ckpt-path check`` runs as the round trip.
+    """
+    inverse = invert(ops)
+    if inverse is None:
+        index, op = next((n, op) for n, op in enumerate(ops, 1) if op.inverse() is None)
+        return f"op {index} ({type(op).__name__}) has no inverse"
+    dims: dict[str, int] = {}
+    a, b = _layout(source, dims), _layout(target, dims)
+    try:
+        back = predict(inverse, b)
+    except OpError as exc:
+        return f"the inverse, predicted on the {target.version} layout, fails: {exc}"
+    problems = Schema.from_signature(str(source.version), a).check(back)
+    if problems:
+        return f"the inverse, predicted on the {target.version} layout, does not give {source.version}: {problems[0]}"
+    return ""
 
 
 def draft_ops(source: Schema, target: Schema) -> Draft:

@@ -11,15 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 from packaging.version import Version
 
 from ckpt_path.converter_files import converter_files, display_path, read_converter_file
 from ckpt_path.converters import Converter
-from ckpt_path.drafting import Draft, draft_ops
+from ckpt_path.drafting import Draft, draft_ops, why_not_reversible
 from ckpt_path.errors import ConverterFileError, VersionError
-from ckpt_path.ops import Op, invert
+from ckpt_path.ops import Op
 from ckpt_path.shapes import Schema, load_schema
 from ckpt_path.versions import parse_version
 
@@ -52,16 +54,29 @@ def convert(ckpt):
 #     return True
 '''
 
-# The import line is part of the file written, not of this module: a new ops file imports every
-# common op so its author can edit `ops` without touching the import, and the line's noqa for
-# F401 keeps ruff, run over the converters directory, from flagging the ones the file does not use.
+# The import is part of the file written, not of this module: a new ops file imports every op its
+# comments show, so its author can edit `ops` without touching the import, and the noqa for F401
+# keeps ruff, run over the converters directory, from flagging the ones the file does not use.
 _OPS_TEMPLATE = '''"""{description}"""
 
-from ckpt_path.ops import Add, Cast, Concat, Drop, MoveIndex, Permute, Rename, Reshape, Split, Stack  # noqa: F401
+from ckpt_path.ops import (  # noqa: F401 - every op shown below, so editing ops never needs an import
+    Add,
+    Cast,
+    Concat,
+    Drop,
+    DropDerived,
+    MoveIndex,
+    Permute,
+    Rename,
+    Reshape,
+    SetMeta,
+    Split,
+    Stack,
+)
 
 source = "{source}"
 target = "{target}"
-reversible = True  # registers {target} -> {source} too; needs every op to have an inverse (not Drop)
+reversible = True  # registers {target} -> {source} too; needs every op to have an inverse (not Drop, DropDerived)
 
 # Read without running this file. Keys are templates: {{name}} matches one dotted segment,
 # {{*name}} any number of segments, {{i+1}} computes with a number; optional=True may match nothing.
@@ -110,16 +125,25 @@ def scaffold_converter(  # noqa: PLR0913 - where, what, the versions, and how to
                 raise ConverterFileError(converter.origin, f"already converts {src} -> {tgt}")
     numbers = [int(m.group(1)) for p in root.glob("*.py") if (m := re.match(r"(\d+)_", p.name))]
     path = root / f"{(max(numbers) + 1) if numbers else 1:03d}_{slug}.py"
-    description = name.replace("_", " ").strip().capitalize().rstrip(".") + "."
+    description = _description(name)
     if infer:
         schemas = [_schema_for(root, version) for version in (src, tgt)]
-        text = _render_draft(draft_ops(*schemas), description, src, tgt)
+        text = _render_draft(draft_ops(*schemas), description, (src, tgt), schemas)
     else:
         template = _OPS_TEMPLATE if ops else _CONVERT_TEMPLATE
         text = template.format(description=description, source=src, target=tgt)
     with path.open("x", encoding="utf-8") as handle:
         handle.write(text)
     return path
+
+
+def _description(name: str) -> str:
+    """Return the docstring of a new file: the words of ``name`` as a sentence (``bad name!`` gives ``Bad name.``).
+
+    Punctuation, quotes and backslashes are left out, so whatever the name the docstring is
+    one plain sentence that cannot end the string early.
+    """
+    return " ".join(re.sub(r"[\W_]+", " ", name).split()).capitalize() + "."
 
 
 def _existing(root: Path) -> list[Converter]:
@@ -144,11 +168,38 @@ def _schema_for(root: Path, version: Version) -> Schema:
     return load_schema(path)
 
 
-def _render_draft(draft: Draft, description: str, source: Version, target: Version) -> str:
-    """Spell ``draft`` as an ops file: reversible when every op inverts and nothing is left to do."""
+def _not_reversible(draft: Draft, source: Schema, target: Schema) -> str:
+    """Say why the drafted file must not say ``reversible = True``; empty when it may.
+
+    It may when the draft is complete and its inverse, predicted on the target layout, gives
+    the source layout back (:func:`~ckpt_path.drafting.why_not_reversible`): otherwise the
+    inverse edge it registers would fail ``ckpt-path check``'s round trip, or every run back.
+    """
+    ops = [op for op, _ in draft.ops]
+    if draft.todo or draft.problems:
+        return "the draft is not finished (see the TODOs below); set True once `ckpt-path check` passes"
+    if not ops:
+        return "nothing was drafted: the two schemas are the same"
+    return why_not_reversible(ops, source, target)
+
+
+def _render_draft(draft: Draft, description: str, versions: tuple[Version, Version], schemas: Sequence[Schema]) -> str:
+    """Spell ``draft`` as an ops file: reversible when its inverse gives the source layout back, else saying why not."""
+    source, target = versions
     ops = [op for op, _ in draft.ops]
     names = sorted({type(op).__name__ for op in ops})
-    reversible = bool(ops) and not draft.todo and not draft.problems and invert(ops) is not None
+    why = _not_reversible(draft, *schemas)
+    reversible = (
+        ["reversible = True"]
+        if not why
+        else textwrap.wrap(
+            f"reversible = False  # {why}",
+            width=_LINE,
+            subsequent_indent="#   ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    )
     lines = [
         f'"""{description}"""',
         "",
@@ -156,9 +207,7 @@ def _render_draft(draft: Draft, description: str, source: Version, target: Versi
         "",
         f'source = "{source}"',
         f'target = "{target}"',
-        "reversible = True"
-        if reversible
-        else "# reversible = True  # once every op has an inverse and nothing is left to do",
+        *reversible,
         "",
         f"# Drafted by `ckpt-path new --infer` from schemas/{source}.json and schemas/{target}.json.",
         "# Read every op (an order of fused parts, a transpose guessed from shapes), then run `ckpt-path check`.",

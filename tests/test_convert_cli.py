@@ -733,3 +733,12 @@ def test_dry_run_predicts_the_bytes_the_conversion_copies_and_writes(tmp_path, t
     expected, got = json.loads(predicted.stdout), json.loads(done.stdout)
     assert (expected["copied_bytes"], expected["written_bytes"]) == (got["copied_bytes"], got["written_bytes"])
     assert got["written_bytes"] > 0
+
+
+def test_a_failure_after_overriding_the_stamp_says_so_on_its_error_line(v010_stamped, out_dir, examples):
+    """--from 0.3.0 on a file stamped 0.1.0 fails on the layout; the one error line says the stamp was overridden."""
+    out = out_dir / "o.ckpt"
+    result = cli("convert", v010_stamped, "-o", out, "--from", "0.3.0", "--converters", examples)
+    line = assert_one_line_error(result)
+    assert line.endswith("(note: " + f"{v010_stamped} is stamped 0.1.0 but --from 0.3.0 was given; using 0.3.0)")
+    assert not out.exists()

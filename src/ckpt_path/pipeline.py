@@ -162,8 +162,10 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
     if held.damaged_stamp is not None:
         warnings.append(f"{held.name}: the stamp is damaged ({held.damaged_stamp.problem}); using --from {source}")
     stamped = held.stamp.version if held.stamp is not None else None
+    overridden = None
     if found.version_from == "--from" and stamped is not None and stamped != str(found.version):
-        warnings.append(f"{held.name} is stamped {stamped} but --from {source} was given; using {found.version}")
+        overridden = f"{held.name} is stamped {stamped} but --from {source} was given; using {found.version}"
+        warnings.append(overridden)
     if found.version_from != "stamp":
         log.info("%s has no stamp; its version %s comes from %s", held.name, found.version, found.version_from)
     if plan.requested_source is not None and plan.source_note:
@@ -172,15 +174,20 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
         _to_meta(held)
     before = _tensors(held.obj)  # held until counted: a freed tensor's id may be reused by a computed one
     loaded = {id(v) for v in before}
-    reports, run_warnings = run_plan(
-        held,
-        plan,
-        schemas=registry.schema,
-        strict=strict,
-        dry_run=dry_run,
-        drop_optimizer_state=drop_optimizer_state,
-        on_step=on_step,
-    )
+    try:
+        reports, run_warnings = run_plan(
+            held,
+            plan,
+            schemas=registry.schema,
+            strict=strict,
+            dry_run=dry_run,
+            drop_optimizer_state=drop_optimizer_state,
+            on_step=on_step,
+        )
+    except CkptPathError as exc:
+        if overridden is not None:  # the likeliest cause of the failure: say it with the error, on its line
+            _add_note(exc, overridden)
+        raise
     tensors = _tensors(held.obj)  # the state dict's and the optimizer state's, as a writer counts them
     unchanged = sum(_nbytes(v) for v in tensors if id(v) in loaded)
     del before
@@ -193,6 +200,12 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
         unchanged_bytes=unchanged,
         computed_bytes=sum(_nbytes(v) for v in tensors) - unchanged,
     )
+
+
+def _add_note(exc: CkptPathError, note: str) -> None:
+    """Append ``note`` to the error's message (its data attributes stay as they are)."""
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]} (note: {note})", *exc.args[1:])
 
 
 def _tensors(obj: object) -> list[torch.Tensor]:

@@ -390,3 +390,42 @@ def test_readme_testing_example_passes(tmp_path):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 passed" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("version", "said"),
+    [
+        ("1.0.0", None),
+        ("1.0.3", "1.0.3 is not a version of the converters in converters; convert reads it as 1.0.0"),
+        ("0.0.1", "the converters in converters do not know 0.0.1, so convert will refuse it"),
+        ("1.0.0+foo", "the converters in converters do not know 1.0.0+foo"),
+    ],
+)
+@pytest.mark.usefixtures("examples")  # the project's converters, in tmp_path/converters
+def test_stamp_warns_when_the_project_reads_the_version_otherwise(tmp_path, monkeypatch, version, said):
+    """`stamp` with a version the project's graph lacks still stamps (exit 0) and says what convert will make of it."""
+    monkeypatch.chdir(tmp_path)
+    write_v010(tmp_path / "in.ckpt")
+    result = cli("stamp", "in.ckpt", version)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"stamped in.ckpt as {version}\n"
+    if said is None:
+        assert result.stderr == ""
+    else:
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"warning: {said}"), line
+
+
+@pytest.mark.usefixtures("examples")
+def test_inspect_says_which_version_a_stamped_one_reads_as(tmp_path, monkeypatch):
+    """A file stamped 1.0.3+lam reads as 1.0.0+lam, as convert reads it: inspect says so in text and JSON."""
+    monkeypatch.chdir(tmp_path)
+    write_v010(tmp_path / "in.ckpt", version="1.0.3+lam")
+    shown = cli("inspect", "in.ckpt", "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["reads_as"] == "1.0.0+lam"
+    assert "1.0.3+lam (reads as 1.0.0+lam" in cli("inspect", "in.ckpt").stdout
+    write_v010(tmp_path / "odd.ckpt", version="0.0.1")
+    odd = cli("inspect", "odd.ckpt", "--json")
+    assert json.loads(odd.stdout)["reads_as"] is None
+    assert any("the converters do not know the stamped version" in w for w in json.loads(odd.stdout)["warnings"])

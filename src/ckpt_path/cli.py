@@ -713,6 +713,8 @@ def _describe_inspection(info: Inspection) -> str:
     dtypes = ", ".join(f"{k} x{v}" for k, v in info.dtypes.items()) or "none"
     if info.version is not None:
         version = info.version
+        if info.reads_as:
+            version += f" (reads as {info.reads_as}, the highest version of the graph at or below it)"
     elif info.inferred_version:
         version = f"not stamped; {info.inferred_version} according to {info.version_from}"
         if info.reads_as:
@@ -785,6 +787,28 @@ def stamp(
             safe_globals=tuple(safe_global or ()),
         )
     typer.echo(f"stamped {written} as {version}")
+    note = _graph_note(version)
+    if note is not None:
+        typer.echo(f"warning: {note}", err=True)
+
+
+def _graph_note(version: str) -> str | None:
+    """Say how the project's converters will read a stamped version that is not one of their graph, if so."""
+    from ckpt_path.converter_files import display_path
+    from ckpt_path.errors import CkptPathError
+    from ckpt_path.registry import Registry, find_converters_dir
+
+    directory = find_converters_dir()
+    if not directory.is_dir():
+        return None  # no project here: nothing to compare with
+    shown = display_path(directory)
+    try:
+        resolved, asked = Registry.from_directory(directory).planner.resolve_source(version)
+    except CkptPathError as exc:
+        return f"the converters in {shown} do not know {version}, so convert will refuse it: {exc}"
+    if asked is None:
+        return None
+    return f"{version} is not a version of the converters in {shown}; convert reads it as {resolved}"
 
 
 @app.command()

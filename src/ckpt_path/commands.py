@@ -311,7 +311,7 @@ class Inspection:
     inferred_version: str | None = None
     version_from: str | None = None
     reads_as: str | None = None
-    """The version of the graph an inferred version that is not in the graph reads as."""
+    """The version of the graph the stamped or inferred version reads as, when it is not one of the graph."""
     damaged_stamp: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -355,6 +355,15 @@ def _version_of_unstamped(checkpoint: Checkpoint, registry: Registry) -> tuple[d
     return said, []
 
 
+def _stamped_reads_as(stamp: Stamp, registry: Registry) -> tuple[dict[str, str], list[str]]:
+    """Say which version of the graph a stamped version reads as (when it is not one), or that none does."""
+    try:
+        node, requested = registry.planner.resolve_source(stamp.version)
+    except CkptPathError as exc:
+        return {}, [f"the converters do not know the stamped version, so convert will refuse it: {exc}"]
+    return ({"reads_as": str(node)} if requested is not None else {}), []
+
+
 def inspect_file(
     path: str | Path,
     *,
@@ -385,6 +394,9 @@ def inspect_file(
         warnings += digest_mismatches(stamp, registry)
         if stamp is None and damaged is None:
             found, problems = _version_of_unstamped(checkpoint, registry)
+            warnings += problems
+        elif stamp is not None:
+            found, problems = _stamped_reads_as(stamp, registry)
             warnings += problems
     sig = signature(checkpoint.state_dict)
     return Inspection(

@@ -75,6 +75,17 @@ def test_a_dry_run_of_a_batch_writes_nothing_not_even_its_directory(tmp_path, sw
     assert not out.exists()
 
 
+def test_the_summary_shows_whole_paths_when_piped(tmp_path, sweep):
+    """Piped (not a terminal), the summary table is as wide as its paths: none is cut to `run0.ck…`."""
+    runs, converters = sweep
+    out = tmp_path / "a_rather_long_directory_name_for_the_upgraded_checkpoints_of_this_sweep"
+    result = cli("convert", runs, "--output-dir", out, "--converters", converters)
+    assert result.exit_code == 0, result.output
+    for seed in range(4):
+        assert str(out / f"run{seed}.ckpt") in result.stdout
+        assert str(runs / f"run{seed}.ckpt") in result.stdout
+
+
 def test_one_failing_checkpoint_does_not_stop_the_others(tmp_path, sweep):
     """A damaged file fails alone: the others are written, the failure is named, the exit code is 1."""
     runs, converters = sweep

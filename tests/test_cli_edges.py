@@ -429,3 +429,12 @@ def test_inspect_says_which_version_a_stamped_one_reads_as(tmp_path, monkeypatch
     odd = cli("inspect", "odd.ckpt", "--json")
     assert json.loads(odd.stdout)["reads_as"] is None
     assert any("the converters do not know the stamped version" in w for w in json.loads(odd.stdout)["warnings"])
+
+
+def test_versions_of_an_empty_directory_says_there_are_none(tmp_path):
+    """`versions` on a directory without converters (empty, or a mistyped path) warns instead of printing nothing."""
+    (tmp_path / "empty").mkdir()
+    result = cli("versions", "--converters", tmp_path / "empty")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("warning: no converters in ")

@@ -612,6 +612,20 @@ def test_restamp_records_the_change(v010_stamped):
     ]
 
 
+def test_restamping_with_the_same_version_changes_nothing_and_keeps_optimizer_names(tmp_path):
+    """Stamping 0.1.0 again adds no history entry; a new version keeps the recorded optimizer parameter names."""
+    path = write_v010(tmp_path / "in.ckpt")
+    ckpt = load(path)
+    ckpt[STAMP_KEY] = Stamp(version="0.1.0", optimizer_parameters=(("w",),)).to_dict()
+    torch.save(ckpt, path)
+    assert cli("stamp", path, "0.1.0").exit_code == 0
+    assert load(path)[STAMP_KEY]["history"] == []
+    assert cli("stamp", path, "0.2.0").exit_code == 0
+    stamp = load(path)[STAMP_KEY]
+    assert [h["target"] for h in stamp["history"]] == ["0.2.0"]
+    assert stamp["optimizer_parameters"] == [["w"]]
+
+
 def test_stamp_flat_state_dict_keeps_strict_loading(tmp_path):
     """Stamping a flat state dict keeps model.load_state_dict(strict=True) working."""
     model = torch.nn.Linear(3, 2)

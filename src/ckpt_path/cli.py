@@ -231,7 +231,8 @@ def _print_plan(result: Plan) -> None:
     for i, step in enumerate(result.steps, 1):
         name = step.name + (" [lossy]" if step.lossy else "")
         table.add_row(str(i), str(step.source), str(step.target), name, step.description)
-    Console(highlight=False, soft_wrap=False).print(table, markup=False)
+    wide = None if sys.stdout.isatty() else 1_000  # piped: as wide as the paths need (the table takes no more)
+    Console(highlight=False, soft_wrap=False, width=wide).print(table, markup=False)
 
 
 class GraphFormat(str, Enum):
@@ -264,7 +265,13 @@ def versions(
     from ckpt_path.versions import version_rows
 
     with _user_errors():
-        rows = version_rows(_registry(converters).versions)
+        registry = _registry(converters)
+        rows = version_rows(registry.versions)
+    if not rows:  # an empty or mistyped directory: say so rather than print nothing
+        from ckpt_path.converter_files import display_path
+
+        where = display_path(registry.directory) if registry.directory is not None else "the converters directory"
+        typer.echo(f"warning: no converters in {where}, so no versions", err=True)
     if as_json:
         typer.echo(json.dumps([row.to_dict() for row in rows], indent=2))
         return
@@ -529,7 +536,7 @@ def _print_batch(items: list[BatchItem]) -> None:
     title = f"{done} of {len(items)} " + ("would convert (dry run, nothing written)" if dry else "converted")
     table = Table(title=title, title_justify="left")
     for column in ("input", "output", "result", "copied", "written", "seconds"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a long path wraps, never cut to "run0.ck…" when piped
     for item in items:
         if item.ok:
             plan = f"{item.result.get('source')} -> {item.result.get('target')}"
@@ -537,7 +544,8 @@ def _print_batch(items: list[BatchItem]) -> None:
         else:
             plan, copied, written = f"FAILED ({item.error_class})", "", ""
         table.add_row(str(item.input), str(item.output), plan, copied, written, f"{item.seconds:.2f}")
-    Console(highlight=False, soft_wrap=False).print(table, markup=False)
+    wide = None if sys.stdout.isatty() else 1_000  # piped: as wide as the paths need (the table takes no more)
+    Console(highlight=False, soft_wrap=False, width=wide).print(table, markup=False)
 
 
 class _BatchProgress:

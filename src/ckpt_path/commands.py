@@ -436,8 +436,15 @@ def stamp_file(  # noqa: PLR0913 - the options of `ckpt-path stamp`
     checked = str(parse_version(version))
     checkpoint = load_checkpoint(path, state_dict_key=state_dict_key, safe_globals=safe_globals)
     old = checkpoint.stamp
-    history = (*old.history, _restamp_entry(old.version, checked)) if old is not None else ()
-    obj = write_stamp(checkpoint.obj, checkpoint.state_dict_at, Stamp(version=checked, history=history))
+    if old is None:
+        history: tuple[dict[str, Any], ...] = ()
+    elif old.version == checked:  # stamped again with the same version: nothing happened to record
+        history = tuple(old.history)
+    else:
+        history = (*old.history, _restamp_entry(old.version, checked))
+    names = old.optimizer_parameters if old is not None else None  # they name the optimizer state's entries
+    stamp = Stamp(version=checked, history=history, optimizer_parameters=names)
+    obj = write_stamp(checkpoint.obj, checkpoint.state_dict_at, stamp)
     source_file = checkpoint.file or Path(path)
     target = Path(output) if output is not None else source_file
     in_place = output is None or (target.exists() and target.samefile(source_file))

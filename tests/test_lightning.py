@@ -22,6 +22,7 @@ from ckpt_path.errors import OptimizerStateError
 from ckpt_path.lightning import CkptPathMixin
 from ckpt_path.stamp import STAMP_KEY, read_stamp
 from ckpt_path.storage import load_checkpoint
+from trainers import quiet_trainer
 
 pytestmark = [
     # Lightning's advice for real training runs, not about behaviour under test.
@@ -85,17 +86,6 @@ def _models(converters):
     return ModelV1, ModelV2
 
 
-def _trainer(steps: int):
-    return lightning.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-
-
 @pytest.fixture
 def old_checkpoint(tmp_path):
     """Train version 1.0.0 for one step and save its checkpoint; return (path, classes, model)."""
@@ -105,7 +95,7 @@ def old_checkpoint(tmp_path):
     model_v1, model_v2 = _models(converters)
     torch.manual_seed(0)
     old = model_v1()
-    trainer = _trainer(1)
+    trainer = quiet_trainer(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's start-up chatter
         trainer.fit(old, _data())
@@ -139,7 +129,7 @@ def test_trainer_resumes_from_an_old_checkpoint_and_trains_on(old_checkpoint, tm
     """Trainer.fit(ckpt_path=old) upgrades the weights, restores the optimizer and keeps training."""
     path, _, model_v2, old = old_checkpoint
     new = model_v2()
-    trainer = _trainer(3)
+    trainer = quiet_trainer(3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(new, _data(), ckpt_path=path)
@@ -222,7 +212,7 @@ def _reorder_models(converters):
 
 
 def _fit(model, layout: str, steps: int, ckpt_path=None):
-    trainer = _trainer(steps)
+    trainer = quiet_trainer(steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, _features(layout), ckpt_path=ckpt_path)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ckpt_path import Registry
 from ckpt_path.lightning import CkptPathMixin, upgrade_checkpoint
 from ckpt_path.stamp import STAMP_KEY, Stamp, read_stamp, write_stamp
+from trainers import quiet_trainer
 
 pytestmark = [
     # Lightning's advice for real training runs, not about behaviour under test.
@@ -62,20 +63,8 @@ def _data() -> DataLoader[tuple[torch.Tensor, ...]]:
     return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=8)
 
 
-def _trainer(steps: int, **options: Any) -> lightning.Trainer:
-    return lightning.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **options,
-    )
-
-
 def _fit(model: lightning.LightningModule, steps: int, ckpt_path: Path | None = None, **options: Any) -> Any:
-    trainer = _trainer(steps, **options)
+    trainer = quiet_trainer(steps, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's start-up chatter
         trainer.fit(model, _data(), ckpt_path=ckpt_path)

@@ -592,3 +592,17 @@ def test_settings_come_from_the_converters_project_not_the_working_directory(lab
     path = lab.save("a.ckpt", None, layout="0.2.0", version="0.2.0")
     result = _convert(path, "-o", tmp_path / "out.ckpt", "--to", "0.3.0", "--converters", lab.converters)
     assert result.exit_code == 0, result.output
+
+
+def test_a_dry_run_leaves_the_callers_object_as_it_was(examples):
+    """upgrade(..., dry_run=True) on an object in memory runs on a meta copy: the caller's tensors stay theirs."""
+    ckpt = make_checkpoint("0.1.0", seed=0)
+    ckpt[STAMP_KEY] = {"version": "0.1.0"}
+    before = {key: value.clone() for key, value in ckpt["state_dict"].items()}
+    keys = list(ckpt["state_dict"])
+    done = upgrade(Checkpoint.from_object(ckpt), Registry.from_directory(examples), dry_run=True)
+    assert done.plan.target is not None
+    assert list(ckpt["state_dict"]) == keys
+    assert all(value.device.type == "cpu" for value in ckpt["state_dict"].values())
+    assert all(torch.equal(ckpt["state_dict"][key], value) for key, value in before.items())
+    assert ckpt[STAMP_KEY] == {"version": "0.1.0"}

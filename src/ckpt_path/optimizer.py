@@ -662,22 +662,6 @@ def _resize_last_group(held: _Held, delta: int) -> None:
 # -- the entry point ----------------------------------------------------------------------------
 
 
-def to_meta(checkpoint: Checkpoint) -> None:
-    """Swap every tensor of the checkpoint's optimizer states for a meta tensor (a dry run reads no data).
-
-    :func:`follow_step` then decides on a dry run exactly as on the real one (refusing state
-    that cannot follow, or dropping it), from shapes alone.
-    """
-    import torch
-
-    for held in _held(checkpoint.obj, checkpoint.state_dict_at):
-        for entry in held.state.values():
-            if isinstance(entry, MutableMapping):
-                for name, value in list(entry.items()):
-                    if isinstance(value, torch.Tensor):
-                        entry[name] = value.to("meta")
-
-
 def snapshot(checkpoint: Checkpoint) -> dict[str, Any]:
     """Return what each optimizer state dict of ``checkpoint`` holds (the objects), before a step.
 

@@ -8,14 +8,16 @@ version is found one way, and every step is checked the same way wherever it run
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ckpt_path import optimizer
 from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.errors import CkptPathError, UnsafeCheckpointError
 from ckpt_path.pickles import Moves, everything_deleted
@@ -107,13 +109,35 @@ def open_checkpoint(  # noqa: PLR0913 - the options of loading for a conversion
     return checkpoint, found, plan
 
 
-def _to_meta(checkpoint: Checkpoint) -> None:
-    """Swap every state-dict and optimizer-state tensor for a meta tensor: shapes stay, no data is read."""
-    state_dict = checkpoint.state_dict
-    for key, value in list(state_dict.items()):
-        if isinstance(value, torch.Tensor):
-            state_dict[key] = value.to("meta")
-    optimizer.to_meta(checkpoint)
+def _on_meta(checkpoint: Checkpoint) -> Checkpoint:
+    """Return a copy of the checkpoint whose tensors are meta tensors: shapes stay, no data is read.
+
+    Containers (dicts, lists, tuples) are copied, so a dry run changes nothing of the caller's
+    object; other values are shared, as the run only reads them.
+    """
+    return dataclasses.replace(checkpoint, obj=_meta_copy(checkpoint.obj))
+
+
+def _meta_copy(node: Any) -> Any:
+    if isinstance(node, torch.Tensor):
+        return node.to("meta")
+    if isinstance(node, Mapping):
+        try:  # the same kind of dict (an OrderedDict stays one); any other mapping becomes a dict
+            copy: Any = type(node)() if isinstance(node, dict) else {}
+        except TypeError:
+            copy = {}
+        for key, value in node.items():
+            copy[key] = _meta_copy(value)
+        metadata = getattr(node, "_metadata", None)
+        if metadata is not None:
+            with contextlib.suppress(AttributeError):
+                copy._metadata = metadata  # noqa: SLF001 - torch's per-module metadata of a state dict
+        return copy
+    if isinstance(node, list):
+        return [_meta_copy(value) for value in node]
+    if isinstance(node, tuple) and not hasattr(node, "_fields"):
+        return tuple(_meta_copy(value) for value in node)
+    return node
 
 
 def upgrade(  # noqa: PLR0913 - the options every entry point shares
@@ -171,7 +195,7 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
     if plan.requested_source is not None and plan.source_note:
         warnings.append(plan.source_note)
     if dry_run:
-        _to_meta(held)
+        held = _on_meta(held)
     before = _tensors(held.obj)  # held until counted: a freed tensor's id may be reused by a computed one
     loaded = {id(v) for v in before}
     try:

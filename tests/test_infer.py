@@ -178,6 +178,7 @@ def test_drafted_moe_split_back_verifies_and_matches_transformers_save_pretraine
     text = path.read_text(encoding="utf-8")
     assert "TODO" not in text
     assert "undoes a drafted Stack" in text
+    assert "undoes a drafted Concat; 2 matches; the order of the parts is a guess" in text  # the forward draft's hint
     (report,) = run_on_synthetic(tmp_path, "5.0.0", "4.0.0").steps
     assert report.verified
     legacy8, loaded8, _ = mixtral_layouts(8)
@@ -306,3 +307,19 @@ def test_drafted_ops_whose_inverse_fails_are_not_written_reversible(tmp_path, mo
     converter = read_converter_file(path)
     assert not converter.reversible
     assert [f for f in check_directory(tmp_path) if f.problem] == []
+
+
+def test_a_one_way_template_for_every_layer_beats_literal_ops_for_each():
+    """layers.L.mlp.0.w -> layers.L.mlp.w for 3 layers: one template per parameter (every layer), not reversible."""
+    from ckpt_path.drafting import why_not_reversible
+
+    old = {**layers("layers.{i}.mlp.0.weight", 3, (8, 8)), **layers("layers.{i}.mlp.0.bias", 3, (8,))}
+    new = {**layers("layers.{i}.mlp.weight", 3, (8, 8)), **layers("layers.{i}.mlp.bias", 3, (8,))}
+    source, target = schema("1.0.0", old), schema("2.0.0", new)
+    drafted = draft_ops(source, target)
+    assert (drafted.todo, drafted.problems) == ((), ())
+    assert [op for op, _ in drafted.ops] == [
+        Rename("layers.{i}.mlp.{j}.bias", "layers.{i}.mlp.bias"),
+        Rename("layers.{i}.mlp.{j}.weight", "layers.{i}.mlp.weight"),
+    ]
+    assert "the inverse" in why_not_reversible([op for op, _ in drafted.ops], source, target)

@@ -606,3 +606,14 @@ def test_a_dry_run_leaves_the_callers_object_as_it_was(examples):
     assert all(value.device.type == "cpu" for value in ckpt["state_dict"].values())
     assert all(torch.equal(ckpt["state_dict"][key], value) for key, value in before.items())
     assert ckpt[STAMP_KEY] == {"version": "0.1.0"}
+
+
+def test_a_dry_run_leaves_a_flat_state_dicts_stamp_as_it_was(examples):
+    """A flat state dict keeps its stamp in _metadata: a dry run must not restamp the caller's copy."""
+    from ckpt_path.stamp import Stamp, read_stamp, write_stamp
+
+    state_dict = write_stamp(make_checkpoint("0.1.0", seed=0)["state_dict"], (), Stamp(version="0.1.0"))
+    upgrade(Checkpoint.from_object(state_dict), Registry.from_directory(examples), dry_run=True)
+    stamp = read_stamp(state_dict, ())
+    assert stamp is not None
+    assert stamp.version == "0.1.0"

@@ -8,14 +8,12 @@ different tensors. The last three run on synthetic checkpoints built from schema
 need ``schemas/<version>.json``; notes say what could not be checked, and which versions that
 a step lands on have no schema.
 
-A step is run alone (:func:`_steps`) when it is the edge its file declares and its source
-has a schema: its input is then exactly what the schema promises, so a failure (it raises,
-returns None, or leaves a state dict the target's schema refuses) is the file's problem.
-Where it is not clear the file is at fault, a failure is a note on the failing step's file,
-said once: a step whose source has no schema runs only inside longer paths, fed by earlier
-steps nothing verified; the inverse edge of a reversible file is checked by its round trip;
-and a step that looks up a checkpoint entry outside the state dict (``ckpt["hyper_parameters"]``)
-fails for want of what schemas cannot describe.
+Each file's own step is checked alone on its source's schema (:func:`_steps`). Ops are data:
+one that does not fit the schema's layout, or a result the target's schema refuses, is the
+file's problem, found from shapes alone. A ``convert`` function runs on a synthetic
+checkpoint of the schema: returning no checkpoint is a problem; any other failure is a note,
+as a correct function may read values or entries outside the state dict that a synthetic
+checkpoint cannot have. Failures are said once, on the failing step's file.
 
 A round trip is checked in the direction the file was written, ``source -> target ->
 source``, from a synthetic checkpoint of ``source``: built from its schema or, when only
@@ -115,19 +113,6 @@ _Edge = tuple[Version, Version]
 """A step's ``(source, target)``, by which a step that failed is said once."""
 
 
-class _Entries(dict[Any, Any]):
-    """The top level of a synthetic checkpoint: remembers the entries a step looked up and did not find."""
-
-    def __init__(self, entries: dict[str, Any]) -> None:
-        super().__init__(entries)
-        self.wanted: list[object] = []
-
-    def __missing__(self, key: object) -> Any:
-        """Remember ``key``, then fail the lookup as a plain dict does."""
-        self.wanted.append(key)
-        raise KeyError(key)
-
-
 def _failure(exc: Exception) -> str:
     """Say why a step failed, without the ``step A -> B (file)`` its error starts with."""
     if isinstance(exc, StepError):
@@ -138,39 +123,48 @@ def _failure(exc: Exception) -> str:
     return str(exc) if isinstance(exc, CkptPathError) else f"{type(exc).__name__}: {exc}"
 
 
-def _steps(registry: Registry) -> tuple[list[Finding], set[_Edge]]:
-    """Run each file's own step on a synthetic checkpoint of its source's schema; return findings and failed edges.
+def _steps(registry: Registry, broken: set[str]) -> tuple[list[Finding], set[_Edge]]:
+    """Check each file's own step on its source's schema; return findings and the edges that failed.
 
-    A failure is a problem of the file (see the module docstring), unless the step looked up
-    a top-level checkpoint entry the synthetic checkpoint lacks: schemas describe the state
-    dict only, so a step reading ``ckpt["hyper_parameters"]`` gets a note saying so. The
+    A step of ops (no ``when``) is predicted on the source schema's layout, no tensor made: ops
+    are data, so an op that does not fit or a result the target's schema refuses is the file's
+    problem. A ``convert`` function runs on a synthetic checkpoint of the source's schema; a
+    function that returns no checkpoint is the file's problem, any other failure a note (a
+    synthetic checkpoint has random values and nothing outside the state dict, which a correct
+    function may need). Files whose import failed (``broken``) are reported once, there. The
     failed edges are returned so the round trips and paths through them are not reported again.
     """
     from ckpt_path._synthetic import round_trip_start
-    from ckpt_path.runner import run
+    from ckpt_path.runner import predict, run
 
     findings, failed = [], set()
     for converter in registry.converters:
         source, target = str(converter.source), str(converter.target)
-        if converter.inverse or registry.schema(source) is None:
+        step = f"step {source} -> {target}"
+        schema = registry.schema(source)
+        if converter.inverse or converter.origin in broken:
             continue
-        start = _Entries(round_trip_start(registry, source, target))  # seeded with what its metadata ops read
+        if schema is None:
+            if not converter.reversible:  # a reversible file's round trip runs from whichever side has a schema
+                hint = f"`ckpt-path schema CKPT --version {source}`"
+                message = f"{step} not run on its own: {source} has no schema ({hint})"
+                findings.append(Finding(file=converter.origin, problem=False, message=message))
+            continue
         plan = Plan(source=converter.source, target=converter.target, steps=(converter,))
         try:
-            run(plan, start, schemas=registry.schema)
+            layout = schema.signature() if converter.ops is not None and not converter.has_when else None
+            if layout is not None:
+                predict(plan, layout, registry.schema)
+            else:  # a function, a when() guard, or a schema with sizes left free (no one layout)
+                run(plan, round_trip_start(registry, source, target), schemas=registry.schema)
         except Exception as exc:  # noqa: BLE001 - one broken step is a finding, not a crash of the lint
             failed.add(converter.edge)
-            cause = exc.__cause__
-            step = f"step {source} -> {target}"
-            if isinstance(cause, KeyError) and cause.args and cause.args[0] in start.wanted:
-                message = (
-                    f"{step} not checked: it looks up {cause.args[0]!r}, a checkpoint entry outside the state dict "
-                    f"that a synthetic checkpoint of the schema of {source} does not have"
-                )
-                findings.append(Finding(file=converter.origin, problem=False, message=message))
-                continue
-            message = f"{step} fails on a synthetic checkpoint of {source}'s schema: {_failure(exc)}"
-            findings.append(Finding(file=converter.origin, message=message))
+            certain = converter.ops is not None or (isinstance(exc, StepError) and "returned" in exc.reason)
+            if certain:
+                message = f"{step} fails on {source}'s schema: {_failure(exc)}"
+            else:
+                message = f"{step} not verified on a synthetic checkpoint of {source}'s schema: {_failure(exc)}"
+            findings.append(Finding(file=converter.origin, problem=certain, message=message))
     return findings, failed
 
 
@@ -305,7 +299,8 @@ def check_directory(directory: str | Path | None = None) -> list[Finding]:
     if not root.is_dir():
         return [Finding(file=str(root), message="converters directory not found")]
     converters, findings = _read_all(root)
-    findings += _imports(converters)
+    imported = _imports(converters)
+    findings += imported
     unique, clash = split_duplicates(converters)
     if clash is not None:
         findings += [
@@ -319,7 +314,7 @@ def check_directory(directory: str | Path | None = None) -> list[Finding]:
     findings += _reach_latest(registry)
     try:
         findings += _unverified_versions(registry)
-        steps, failed = _steps(registry)
+        steps, failed = _steps(registry, {finding.file for finding in imported})
         findings += steps
         findings += _round_trips(registry, failed)
         findings += _path_agreement(registry, failed)

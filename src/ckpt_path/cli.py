@@ -913,10 +913,11 @@ def check(converters: ConvertersOption = None) -> None:
     """Lint the converters directory; exit 1 on any problem (for CI and pre-commit).
 
     Finds files that do not parse or import, bad metadata, duplicate edges, versions that
-    cannot reach latest, steps that fail on a checkpoint their source's schema describes,
-    reversible files whose round trip is not bitwise identical, and two paths between the
-    same versions that give different tensors. The last three run on synthetic checkpoints
-    built from schemas/<version>.json.
+    cannot reach latest, ops that do not fit their source's schema, convert functions that
+    return no checkpoint, reversible files whose round trip is not bitwise identical, and two
+    paths between the same versions that give different tensors. Functions, round trips and
+    paths run on synthetic checkpoints built from schemas/<version>.json; other failures of a
+    function there are notes.
     """
     from ckpt_path.check import check_directory
 

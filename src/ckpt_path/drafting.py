@@ -405,11 +405,12 @@ def _generalize(
     """Cover ``concrete`` (ops on disjoint keys) with as few templates as possible, each checked on ``sig``.
 
     A template is taken only when it does on ``sig`` exactly what the concrete ops it covers
-    do, no more, and its inverse undoes that: it covers the most ops first, then keeps the most
-    literal segments. The inverse matters because a template may fit one way only: with one
-    layer, ``Rename("mlp.{i}.bias", "mlp.bias")`` renames what ``Rename("mlp.0.bias", "mlp.bias")``
-    does, but its target drops ``{i}``, so the way back cannot say which layer; the literal op it
-    generalises is kept instead, and ``reversible = True`` stays possible.
+    do, no more: it covers the most ops first, then keeps the most literal segments. Among
+    templates that cover as many ops, one whose inverse undoes it wins: with one layer,
+    ``Rename("mlp.{i}.bias", "mlp.bias")`` renames what ``Rename("mlp.0.bias", "mlp.bias")`` does,
+    but its target drops ``{i}``, so the way back cannot say which layer; the literal op is kept
+    and ``reversible = True`` stays possible. A one-way template that covers more (every layer)
+    is still taken over literal ops for some of them; the file is then not reversible.
     """
     deltas = []
     for op in concrete:  # each on the keys it reads alone: concrete renames may only work all at once (a shift)
@@ -431,22 +432,44 @@ def _generalize(
             ((cover & remaining, c) for c, cover in covers.items() if cover & remaining),
             key=lambda item: (-len(item[0]), [-n for n in _literal_segments(item[1])], repr(item[1])),
         )
-        for cover, candidate in ranked:
-            consumed = set().union(*(deltas[i][0] for i in cover))
-            expected = {k: v for k, v in sig.items() if k not in consumed}
-            for i in cover:
-                expected.update(deltas[i][1])
-            try:
-                got = candidate.predict(sig)
-            except OpError:
-                continue
-            if got == expected and (candidate in concrete or _undoes(candidate, got, sig)):
-                chosen.append((candidate, len(cover)))
-                sig, remaining = got, remaining - cover
-                break
-        else:  # not even the concrete op fits any more (an earlier template took its keys)
+        pick = _best_fit(ranked, deltas, sig, concrete)
+        if pick is None:  # not even the concrete op fits any more (an earlier template took its keys)
             remaining.discard(min(remaining))
+            continue
+        cover, candidate, sig = pick
+        chosen.append((candidate, len(cover)))
+        remaining -= cover
     return chosen, sig
+
+
+_Fit = tuple[set[int], Op, dict[str, TensorSpec]]
+"""The concrete ops a template covers, the template, and the signature after it."""
+
+
+def _best_fit(
+    ranked: Sequence[tuple[set[int], Op]],
+    deltas: Sequence[tuple[set[str], dict[str, TensorSpec]]],
+    sig: dict[str, TensorSpec],
+    concrete: Sequence[Op],
+) -> _Fit | None:
+    """Return the first of ``ranked`` that does exactly what the ops it covers do (see :func:`_generalize`)."""
+    one_way: _Fit | None = None  # fits, but its inverse does not undo it
+    for cover, candidate in ranked:
+        consumed = set().union(*(deltas[i][0] for i in cover))
+        expected = {k: v for k, v in sig.items() if k not in consumed}
+        for i in cover:
+            expected.update(deltas[i][1])
+        try:
+            got = candidate.predict(sig)
+        except OpError:
+            continue
+        if got != expected:
+            continue
+        if candidate in concrete or _undoes(candidate, got, sig):
+            # a one-way template that covers more (every layer) beats a literal op for one layer
+            return one_way if one_way is not None and len(one_way[0]) > len(cover) else (cover, candidate, got)
+        one_way = one_way or (cover, candidate, got)
+    return one_way
 
 
 def _undoes(op: Op, after: dict[str, TensorSpec], before: dict[str, TensorSpec]) -> bool:
@@ -511,8 +534,10 @@ def draft_ops(source: Schema, target: Schema) -> Draft:
         return direct
     if problems:
         return direct
-    undone = reversed([op for op, _ in backward.ops])
-    said = tuple((op, f"undoes a drafted {type(done).__name__}") for done, op in zip(undone, inverse, strict=True))
+    said = tuple(
+        (op, "; ".join(t for t in (f"undoes a drafted {type(done).__name__}", comment) if t))  # its hints kept
+        for (done, comment), op in zip(reversed(backward.ops), inverse, strict=True)
+    )
     return Draft(ops=said, todo=(), problems=())
 
 

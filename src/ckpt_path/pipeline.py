@@ -131,7 +131,7 @@ def _meta_copy(node: Any) -> Any:
         metadata = getattr(node, "_metadata", None)
         if metadata is not None:
             with contextlib.suppress(AttributeError):
-                copy._metadata = metadata  # noqa: SLF001 - torch's per-module metadata of a state dict
+                copy._metadata = _meta_copy(metadata)  # noqa: SLF001 - a copy: a flat state dict's stamp lives there
         return copy
     if isinstance(node, list):
         return [_meta_copy(value) for value in node]

@@ -438,3 +438,15 @@ def test_versions_of_an_empty_directory_says_there_are_none(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert result.stderr.startswith("warning: no converters in ")
+
+
+def test_stamp_with_a_broken_project_still_stamps_and_warns_in_one_line(tmp_path, monkeypatch):
+    """A pyproject.toml that cannot be read does not turn a written stamp into a traceback: one warning line, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "converters").mkdir()
+    (tmp_path / "pyproject.toml").write_text("[tool.ckpt-path\n", encoding="utf-8")
+    write_v010(tmp_path / "in.ckpt")
+    result = cli("stamp", "in.ckpt", "1.0.0")
+    assert result.exit_code == 0, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("warning: could not read the project's converters to compare 1.0.0 with them: ")

@@ -479,3 +479,15 @@ def test_load_planner_reads_an_old_checkpoint_into_the_new_model_along_renames(d
         warnings.simplefilter("ignore")
         dcp_load(later, checkpoint_id=str(demo), planner=refusing)
     assert "grid_prev_embedder.0.weight" in str(refused.value)
+
+
+def test_a_dry_run_says_the_optimizer_state_of_a_dcp_checkpoint_was_not_checked(demo, tmp_path):
+    """A DCP dry run reads .metadata only: it says the optimizer state was not checked, rather than claim it was."""
+    stamp = ("stamp", demo, "0.1.0")
+    assert cli(*stamp).exit_code == 0
+    result = cli("convert", demo, "--dry-run", "--converters", EXAMPLE_CONVERTERS)
+    assert result.exit_code == 0, result.output
+    assert "whether the optimizer state can follow each step was not checked" in result.stderr
+    real = cli("convert", demo, "-o", tmp_path / "out", "--converters", EXAMPLE_CONVERTERS)
+    assert real.exit_code == 0, real.output
+    assert "was not checked" not in real.stderr

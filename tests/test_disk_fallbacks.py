@@ -855,3 +855,21 @@ def test_sigterm_while_a_dcp_directory_is_written_removes_it_and_ends_as_sigterm
     assert not (tmp_path / "out").exists()
     assert leftovers(tmp_path) == []
     assert {p.name: digest(p) for p in source.iterdir()} == before
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_an_input_rewritten_in_place_after_loading_is_refused(tmp_path, suffix):
+    """The same inode with other bytes (another job's save over it, same size) is refused, not written out as read."""
+    source = write_input(tmp_path, suffix)
+    checkpoint = load_checkpoint(source)
+    data = bytearray(source.read_bytes())
+    data[-1] ^= 0xFF  # the last tensor byte changes; the size stays
+    with source.open("r+b") as handle:
+        handle.write(bytes(data))
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a coarse clock could hide the write
+    out = tmp_path / f"out{suffix}"
+    with pytest.raises(UnreadableCheckpointError, match="rewritten in place while it was being converted"):
+        write_checkpoint(checkpoint.obj, out, state_dict_at=checkpoint.state_dict_at, source=checkpoint)
+    assert not out.exists()
+    assert temp_files(tmp_path) == []

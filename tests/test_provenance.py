@@ -452,6 +452,9 @@ def test_plan_from_a_version_older_than_oldest_is_refused_as_convert_refuses_it(
     assert "0.1.0 is older than 0.2.0" in line
     assert "mypkg 0.1.9" in line
     assert cli("plan", "0.2.0", "latest").exit_code == 0
+    configure(project, oldest="0.2.5")  # compared as convert compares it: the version asked for, not its node
+    assert cli("plan", "0.2.7", "latest").exit_code == 0
+    assert "0.2.3 is older than 0.2.5" in assert_one_line_error(cli("plan", "0.2.3", "latest"))
 
 
 def test_older_than_oldest_without_last_release_says_none_is_recorded(project):

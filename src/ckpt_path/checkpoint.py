@@ -51,8 +51,8 @@ class Checkpoint:
     file: Path | None = None
     files: tuple[Path, ...] = ()
     """Every file the checkpoint was read from (an index and its shards); never written to."""
-    sizes: tuple[tuple[int, int, int], ...] = ()
-    """Device, inode and size of each of ``files`` when it was read (see ``storage.check_unchanged``)."""
+    sizes: tuple[tuple[int, int, int, int], ...] = ()
+    """Device, inode, size and modification time of each of ``files`` when read (see ``storage.check_unchanged``)."""
     metadata: dict[str, str] = field(default_factory=dict)
     """safetensors ``__metadata__`` other than the stamp, kept when writing safetensors again."""
     shard_size: int | None = None

@@ -175,10 +175,11 @@ def plan(
         else:
             result = registry.plan(source, target, allow_lossy=allow_lossy)
             oldest = registry.settings.oldest  # as convert refuses it: a plan it would not run is no plan
-            if oldest is not None and result.source < oldest:
+            asked = result.requested_source or result.source  # as convert compares it: the version asked for
+            if oldest is not None and asked < oldest:
                 from ckpt_path.errors import UnsupportedVersionError
 
-                raise UnsupportedVersionError(str(result.source), str(oldest), registry.settings.last_release)
+                raise UnsupportedVersionError(str(asked), str(oldest), registry.settings.last_release)
     if as_json:
         typer.echo(result.to_json())
         return
@@ -806,12 +807,16 @@ def _graph_note(version: str) -> str | None:
     from ckpt_path.errors import CkptPathError
     from ckpt_path.registry import Registry, find_converters_dir
 
-    directory = find_converters_dir()
-    if not directory.is_dir():
-        return None  # no project here: nothing to compare with
+    try:
+        directory = find_converters_dir()
+        if not directory.is_dir():
+            return None  # no project here: nothing to compare with
+        planner = Registry.from_directory(directory).planner
+    except CkptPathError as exc:  # a broken pyproject.toml or converter file: the stamp is written all the same
+        return f"could not read the project's converters to compare {version} with them: {exc}"
     shown = display_path(directory)
     try:
-        resolved, asked = Registry.from_directory(directory).planner.resolve_source(version)
+        resolved, asked = planner.resolve_source(version)
     except CkptPathError as exc:
         return f"the converters in {shown} do not know {version}, so convert will refuse it: {exc}"
     if asked is None:

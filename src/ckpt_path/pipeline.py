@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ckpt_path import dcp
 from ckpt_path.checkpoint import Checkpoint
 from ckpt_path.errors import CkptPathError, UnsafeCheckpointError
 from ckpt_path.pickles import Moves, everything_deleted
@@ -196,6 +197,12 @@ def upgrade(  # noqa: PLR0913 - the options every entry point shares
         warnings.append(plan.source_note)
     if dry_run:
         held = _on_meta(held)
+        if _unread(held.obj):  # a DCP dry run reads .metadata only: say what that leaves unchecked
+            warnings.append(
+                f"{held.name}: the dry run read only the metadata, not the non-tensor entries (optimizer param "
+                "groups, ...), so whether the optimizer state can follow each step was not checked; the "
+                "conversion checks it"
+            )
     before = _tensors(held.obj)  # held until counted: a freed tensor's id may be reused by a computed one
     loaded = {id(v) for v in before}
     try:
@@ -230,6 +237,23 @@ def _add_note(exc: CkptPathError, note: str) -> None:
     """Append ``note`` to the error's message (its data attributes stay as they are)."""
     if exc.args and isinstance(exc.args[0], str):
         exc.args = (f"{exc.args[0]} (note: {note})", *exc.args[1:])
+
+
+def _unread(obj: object) -> bool:
+    """Whether a checkpoint object holds entries left unread (a DCP checkpoint read for its metadata only)."""
+    stack, seen = [obj], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, dcp.Unread):
+            return True
+        if isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return False
 
 
 def _tensors(obj: object) -> list[torch.Tensor]:

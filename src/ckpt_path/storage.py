@@ -434,32 +434,42 @@ def load_checkpoint(
     return checkpoint
 
 
-def _identity(file: Path) -> tuple[int, int, int]:
-    """Return the device, inode and size of ``file`` (-1s for one that cannot be seen)."""
+def _identity(file: Path) -> tuple[int, int, int, int]:
+    """Return the device, inode, size and modification time of ``file`` (-1s for one that cannot be seen)."""
     try:
         found = file.stat()
     except OSError:
-        return (-1, -1, -1)
-    return (found.st_dev, found.st_ino, found.st_size)
+        return (-1, -1, -1, -1)
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def check_unchanged(source: Checkpoint | None) -> None:
-    """Refuse an input that another process cut short since it was read (a job saving over it in place).
+    """Refuse an input that another process changed in place since it was read (a job saving over it).
 
-    Its tensors are mapped from the file: reading past the new end would kill this process with
-    SIGBUS, with no message. A file replaced by another (a new inode) or removed is harmless:
-    the mapping keeps the old bytes. A file cut short while it is being written is still
-    beyond help: reading past its end is a signal no Python code can catch (the next run removes the temporary).
+    Its tensors are mapped from the file: reading past a new, shorter end would kill this process
+    with SIGBUS, with no message, and bytes rewritten in place (same inode, another size or
+    modification time) would be written out as if they had been read. A file replaced by another
+    (a new inode) or removed is harmless: the mapping keeps the old bytes. A file cut short while
+    OUTPUT is being written is still beyond help: reading past its end is a signal no Python code
+    can catch (the next run removes the temporary).
     """
     if source is None:
         return
-    for file, (device, inode, size) in zip(source.files, source.sizes, strict=False):
+    for file, (device, inode, size, mtime) in zip(source.files, source.sizes, strict=False):
         now = _identity(file)
-        if now[:2] == (device, inode) and 0 <= now[2] < size:
+        if now[:2] != (device, inode) or now[2] < 0:
+            continue  # replaced by another file, or removed: the mapping keeps the bytes that were read
+        if now[2] < size:
             raise UnreadableCheckpointError(
                 str(file),
                 f"it was cut from {size} to {now[2]} bytes while it was being converted (is another job writing "
                 "it?); nothing was written",
+            )
+        if now[2] != size or now[3] != mtime:  # rewritten in place: the mapping now shows the new bytes
+            raise UnreadableCheckpointError(
+                str(file),
+                "it was rewritten in place while it was being converted (is another job writing it?); nothing "
+                "was written",
             )
 
 

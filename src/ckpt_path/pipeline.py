@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,40 +239,29 @@ def _add_note(exc: CkptPathError, note: str) -> None:
         exc.args = (f"{exc.args[0]} (note: {note})", *exc.args[1:])
 
 
-def _unread(obj: object) -> bool:
-    """Whether a checkpoint object holds entries left unread (a DCP checkpoint read for its metadata only)."""
+def _reachable(obj: object) -> Iterator[object]:
+    """Yield every object reachable from a checkpoint object through dicts, lists and tuples, each once."""
     stack, seen = [obj], set()
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if isinstance(node, dcp.Unread):
-            return True
+        yield node
         if isinstance(node, Mapping):
             stack.extend(node.values())
         elif isinstance(node, list | tuple):
             stack.extend(node)
-    return False
+
+
+def _unread(obj: object) -> bool:
+    """Whether a checkpoint object holds entries left unread (a DCP checkpoint read for its metadata only)."""
+    return any(isinstance(node, dcp.Unread) for node in _reachable(obj))
 
 
 def _tensors(obj: object) -> list[torch.Tensor]:
     """Every tensor in a checkpoint object (dicts, lists and tuples), each once."""
-    found: dict[int, torch.Tensor] = {}
-    stack = [obj]
-    seen: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, torch.Tensor):
-            found[id(node)] = node
-        elif isinstance(node, Mapping):
-            stack.extend(node.values())
-        elif isinstance(node, list | tuple):
-            stack.extend(node)
-    return list(found.values())
+    return [node for node in _reachable(obj) if isinstance(node, torch.Tensor)]
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
